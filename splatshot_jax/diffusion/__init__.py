@@ -1,0 +1,1 @@
+"""The latent-diffusion prior in Flax: SD UNet, VAE, CLIP, ControlNet, IP-Adapter, DDIM."""
