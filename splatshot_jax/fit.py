@@ -1,0 +1,380 @@
+"""Fitting 3D Gaussians to posed images: the refit inside every SplatShot step, and template building.
+
+`fit` runs N Adam iterations in one `lax.scan`. Each iteration renders one view (or a few), drawn
+uniformly or with probability proportional to a per-view weight (the paper's confidence weights),
+and minimises 0.8·L1 + 0.2·(1 − SSIM) scaled by the view's weight. Learning rates are the usual
+3DGS/gsplat per-parameter-group ones (the official SplatShot code uses the same numbers).
+
+Densification (clone / split / prune, gsplat's default schedule) changes the number of Gaussians,
+which XLA cannot do inside one compiled loop. `fit_with_densification` therefore runs `fit` in
+chunks of `refine_every` iterations, accumulates screen-space gradient statistics inside each chunk,
+and edits the set on the host in between. Sizes are padded up to a bucket (dead Gaussians with zero
+opacity, which the renderer culls) so the chunk is recompiled only when a bucket is outgrown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from splatshot_jax import metrics
+from splatshot_jax.cameras import Camera
+from splatshot_jax.gaussians import Gaussians
+from splatshot_jax.render import render
+
+log = logging.getLogger(__name__)
+
+PARAM_GROUPS = ("means", "scales", "quats", "opacities", "sh0", "shN")
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+  """Static settings of a fit (hashable: it is a static argument of the jitted loop).
+
+  Learning rates are gsplat's defaults for a scene of extent 1 (means 1.6e-4 · scene_scale).
+  """
+
+  num_iters: int = 500
+  lr_means: float = 1.6e-4
+  lr_scales: float = 5e-3
+  lr_quats: float = 1e-3
+  lr_opacities: float = 5e-2
+  lr_sh0: float = 2.5e-3
+  lr_shN: float = 2.5e-3 / 20
+  scene_scale: float = 1.0  # means' LR is multiplied by this, as in gsplat
+  lambda_dssim: float = 0.2
+  # Views per iteration; drawn with probability ∝ view weight when weights are given.
+  views_per_iter: int = 1
+  frozen: tuple[str, ...] = ()  # names from PARAM_GROUPS kept fixed
+  background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+  sh_degree: int | None = None  # None: all the SH the Gaussians carry
+  # Progressive SH as in 3DGS: one more degree every this many iterations (0: off).
+  sh_degree_interval: int = 0
+  # Rasterizer settings forwarded to `render`.
+  render_kwargs: tuple[tuple[str, object], ...] = ()
+
+
+@struct.dataclass
+class FitResult:
+  """What a fit returns.
+
+  Attributes:
+    gaussians: the fitted Gaussians.
+    losses: (num_iters,) float32 weighted photometric loss per iteration.
+    overflow: () int32, the largest tile/pair overflow seen by the rasterizer (0 = exact).
+    grad2d_sum: (N,) float32, summed screen-space positional gradient norms (densification).
+    visible_count: (N,) float32, iterations in which each Gaussian was visible.
+  """
+
+  gaussians: Gaussians
+  losses: jax.Array
+  overflow: jax.Array
+  grad2d_sum: jax.Array
+  visible_count: jax.Array
+
+
+def _split_params(g: Gaussians) -> dict[str, jax.Array]:
+  return {
+      "means": g.means,
+      "scales": g.log_scales,
+      "quats": g.quats,
+      "opacities": g.opacity_logits,
+      "sh0": g.sh[:, :1],
+      "shN": g.sh[:, 1:],
+  }
+
+
+def _join_params(p: dict[str, jax.Array]) -> Gaussians:
+  return Gaussians(
+      means=p["means"],
+      log_scales=p["scales"],
+      quats=p["quats"],
+      opacity_logits=p["opacities"],
+      sh=jnp.concatenate([p["sh0"], p["shN"]], axis=1),
+  )
+
+
+def make_optimizer(cfg: FitConfig) -> optax.GradientTransformation:
+  """Adam per parameter group; eps 1e-15 as in 3DGS (gradients are tiny), frozen groups get zero."""
+  lrs = {
+      "means": cfg.lr_means * cfg.scene_scale,
+      "scales": cfg.lr_scales,
+      "quats": cfg.lr_quats,
+      "opacities": cfg.lr_opacities,
+      "sh0": cfg.lr_sh0,
+      "shN": cfg.lr_shN,
+  }
+  unknown = set(cfg.frozen) - set(PARAM_GROUPS)
+  if unknown:
+    raise ValueError(f"FitConfig.frozen: unknown group(s) {sorted(unknown)}; expected names from {PARAM_GROUPS}")
+  transforms = {
+      name: optax.set_to_zero() if name in cfg.frozen else optax.adam(lr, eps=1e-15)
+      for name, lr in lrs.items()
+  }
+  return optax.multi_transform(transforms, {name: name for name in PARAM_GROUPS})
+
+
+def view_loss(
+    g: Gaussians, camera: Camera, image: jax.Array, cfg: FitConfig, sh_degree: jax.Array | int | None = None
+) -> tuple[jax.Array, jax.Array]:
+  """Photometric loss of one view. Returns (loss (), overflow () int32).
+
+  Args:
+    g: Gaussians.
+    camera: a single Camera.
+    image: (H, W, 3) float32 target in [0, 1].
+  """
+  out = render(
+      g,
+      camera,
+      background=jnp.asarray(cfg.background, jnp.float32),
+      sh_degree=cfg.sh_degree if sh_degree is None else sh_degree,
+      **dict(cfg.render_kwargs),
+  )
+  loss = metrics.photometric_loss(out.rgb, image, lambda_dssim=cfg.lambda_dssim)
+  return loss, out.overflow_total
+
+
+def _screen_grad_norm(grad_means: jax.Array, g: Gaussians, camera: Camera) -> tuple[jax.Array, jax.Array]:
+  """Approximate ‖∂L/∂(NDC mean)‖ per Gaussian from the world-space mean gradient.
+
+  gsplat accumulates the gradient of the 2D (pixel) means; our renderer hides them inside the
+  projection, so we use the chain rule through the pinhole model: a lateral world displacement δ at
+  depth z moves the projection by f·δ/z pixels, hence ∂L/∂pixel ≈ ∂L/∂world · z / f, and NDC units
+  multiply by W/2 as in gsplat. Returns (grad_norm (N,), visible (N,) bool).
+  """
+  R = camera.viewmat[:3, :3]
+  t = camera.viewmat[:3, 3]
+  cam_pts = g.means @ R.T + t
+  z = cam_pts[:, 2]
+  grad_cam = grad_means @ R.T  # rotate the gradient into camera axes
+  lateral = jnp.linalg.norm(grad_cam[:, :2], axis=-1)
+  grad_px = lateral * jnp.maximum(z, 1e-6) / camera.K[0, 0]
+  visible = (z > 0.01) & (jnp.abs(grad_cam).sum(-1) > 0)
+  return grad_px * camera.width / 2.0, visible
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def fit(
+    gaussians: Gaussians,
+    cameras: Camera,
+    images: jax.Array,
+    cfg: FitConfig,
+    *,
+    view_weights: jax.Array | None = None,
+    rng: jax.Array,
+) -> FitResult:
+  """Optimises Gaussians to V posed images for `cfg.num_iters` iterations (one `lax.scan`).
+
+  Args:
+    gaussians: initial Gaussians, N of them.
+    cameras: Camera batch with leading dim V (shared width/height).
+    images: (V, H, W, 3) float32 in [0, 1], H, W = cameras.height, cameras.width.
+    cfg: static FitConfig.
+    view_weights: optional (V,) float32 ≥ 0 confidence per view. Views are drawn with probability
+      ∝ weight, and each view's loss is scaled by its weight rescaled to max 1 (the official refit).
+      None: uniform draws, unit weights.
+    rng: PRNG key for view sampling.
+  Returns:
+    FitResult.
+  """
+  num_views = images.shape[0]
+  if view_weights is None:
+    view_weights = jnp.ones((num_views,), jnp.float32)
+  probs = view_weights / jnp.sum(view_weights)
+  loss_scale = view_weights / jnp.max(view_weights)
+  optimizer = make_optimizer(cfg)
+  params = _split_params(gaussians)
+  opt_state = optimizer.init(params)
+  max_degree = gaussians.sh_degree if cfg.sh_degree is None else cfg.sh_degree
+
+  def loss_fn(p, idx, degree):
+    g = _join_params(p)
+    losses, overflow = jax.vmap(
+        lambda i: view_loss(g, cameras[i], images[i], cfg, sh_degree=degree)
+    )(idx)
+    return jnp.mean(losses * loss_scale[idx]), jnp.max(overflow)
+
+  def step(carry, it_key):
+    p, state, grad2d_sum, visible_count, overflow = carry
+    it, key = it_key
+    idx = jax.random.choice(key, num_views, (cfg.views_per_iter,), p=probs)
+    degree = max_degree
+    if cfg.sh_degree_interval > 0:
+      degree = jnp.minimum(it // cfg.sh_degree_interval, max_degree)
+    (loss, ov), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, idx, degree)
+    gnorm, vis = _screen_grad_norm(grads["means"], _join_params(p), cameras[idx[0]])
+    updates, state = optimizer.update(grads, state, p)
+    p = optax.apply_updates(p, updates)
+    carry = (p, state, grad2d_sum + jnp.where(vis, gnorm, 0.0), visible_count + vis, jnp.maximum(overflow, ov))
+    return carry, loss
+
+  n = gaussians.num
+  init = (params, opt_state, jnp.zeros((n,)), jnp.zeros((n,)), jnp.zeros((), jnp.int32))
+  keys = jax.random.split(rng, cfg.num_iters)
+  (params, _, grad2d_sum, visible_count, overflow), losses = jax.lax.scan(
+      step, init, (jnp.arange(cfg.num_iters), keys)
+  )
+  return FitResult(_join_params(params), losses, overflow, grad2d_sum, visible_count)
+
+
+# ----------------------------------------------------------------------------------------------
+# Densification (host side, between jitted chunks).
+
+
+@dataclasses.dataclass(frozen=True)
+class DensifyConfig:
+  """gsplat's DefaultStrategy schedule and thresholds (scene-scale relative)."""
+
+  refine_start_iter: int = 500
+  refine_stop_iter: int = 15_000
+  refine_every: int = 100
+  reset_every: int = 3000
+  grow_grad2d: float = 2e-4
+  grow_scale3d: float = 0.01
+  prune_opa: float = 0.005
+  prune_scale3d: float = 0.1
+  max_gaussians: int = 300_000
+  bucket: int = 8192  # N is padded up to a multiple of this to limit recompiles
+
+
+DEAD_OPACITY_LOGIT = -30.0  # sigmoid ≈ 1e-13: culled by the renderer (o < 1/255)
+
+
+def _pad_to(g: Gaussians, n: int) -> Gaussians:
+  """Appends dead Gaussians (zero opacity, tiny scale) up to n."""
+  extra = n - g.num
+  if extra <= 0:
+    return g
+  k = g.sh.shape[1]
+  return Gaussians(
+      means=np.concatenate([g.means, np.zeros((extra, 3), np.float32)]),
+      log_scales=np.concatenate([g.log_scales, np.full((extra, 3), -10.0, np.float32)]),
+      quats=np.concatenate([g.quats, np.tile(np.float32([[1, 0, 0, 0]]), (extra, 1))]),
+      opacity_logits=np.concatenate([g.opacity_logits, np.full((extra,), DEAD_OPACITY_LOGIT, np.float32)]),
+      sh=np.concatenate([g.sh, np.zeros((extra, k, 3), np.float32)]),
+  )
+
+
+def _take(g: Gaussians, idx: np.ndarray) -> Gaussians:
+  return jax.tree.map(lambda a: np.asarray(a)[idx], g)
+
+
+def _concat(a: Gaussians, b: Gaussians) -> Gaussians:
+  return jax.tree.map(lambda x, y: np.concatenate([np.asarray(x), np.asarray(y)]), a, b)
+
+
+def _quat_to_rotmat(q: np.ndarray) -> np.ndarray:
+  q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+  w, x, y, z = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
+  return np.stack(
+      [
+          np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+          np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+          np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+      ],
+      -2,
+  )
+
+
+def densify_and_prune(
+    g: Gaussians,
+    grad2d_mean: np.ndarray,
+    cfg: DensifyConfig,
+    scene_scale: float,
+    rng: np.random.Generator,
+    prune_big: bool,
+) -> tuple[Gaussians, dict[str, int]]:
+  """One gsplat refinement: clone small high-gradient Gaussians, split large ones, prune faint/huge.
+
+  Args:
+    g: live Gaussians (no padding), numpy leaves.
+    grad2d_mean: (N,) mean screen-space gradient norm over the iterations a Gaussian was visible.
+  Returns:
+    the new Gaussians and counts {cloned, split, pruned}.
+  """
+  g = jax.tree.map(np.asarray, g)
+  scales = np.exp(g.log_scales)
+  max_scale = scales.max(-1)
+  grow = grad2d_mean > cfg.grow_grad2d
+  small = max_scale <= cfg.grow_scale3d * scene_scale
+  room = cfg.max_gaussians - g.num
+  clone_idx = np.nonzero(grow & small)[0][: max(room, 0)]
+  split_idx = np.nonzero(grow & ~small)[0][: max(room - len(clone_idx), 0)]
+
+  # Split: two samples from each big Gaussian, scales shrunk by 1/1.6 (3DGS).
+  parents = _take(g, split_idx)
+  rot = _quat_to_rotmat(parents.quats)
+  children = []
+  for _ in range(2):
+    offset = rng.normal(size=(len(split_idx), 3)) * np.exp(parents.log_scales)
+    child = dataclasses.replace(
+        parents,
+        means=(parents.means + np.einsum("nij,nj->ni", rot, offset)).astype(np.float32),
+        log_scales=(parents.log_scales - np.log(1.6)).astype(np.float32),
+    )
+    children.append(child)
+  keep = np.ones(g.num, bool)
+  keep[split_idx] = False
+  out = _concat(_concat(_take(g, np.nonzero(keep)[0]), _take(g, clone_idx)), _concat(*children))
+
+  opacity = 1.0 / (1.0 + np.exp(-out.opacity_logits))
+  prune = opacity < cfg.prune_opa
+  if prune_big:
+    prune |= np.exp(out.log_scales).max(-1) > cfg.prune_scale3d * scene_scale
+  out = _take(out, np.nonzero(~prune)[0])
+  return out, {"cloned": len(clone_idx), "split": len(split_idx), "pruned": int(prune.sum())}
+
+
+def fit_with_densification(
+    gaussians: Gaussians,
+    cameras: Camera,
+    images: jax.Array,
+    cfg: FitConfig,
+    densify: DensifyConfig,
+    *,
+    rng: jax.Array,
+    scene_scale: float = 1.0,
+    progress: Callable[[int, dict], None] | None = None,
+) -> tuple[Gaussians, np.ndarray, int]:
+  """Runs `fit` for cfg.num_iters iterations with gsplat-style densification between chunks.
+
+  Returns (gaussians (live only), losses (num_iters,), worst overflow).
+  """
+  np_rng = np.random.default_rng(int(jax.random.randint(rng, (), 0, 2**31 - 1)))
+  g = jax.tree.map(np.asarray, gaussians)
+  chunk = densify.refine_every
+  losses, worst_overflow, it = [], 0, 0
+  while it < cfg.num_iters:
+    n_iters = min(chunk, cfg.num_iters - it)
+    live = g.num
+    padded = _pad_to(g, -(-live // densify.bucket) * densify.bucket)
+    rng, key = jax.random.split(rng)
+    result = fit(padded, cameras, images, dataclasses.replace(cfg, num_iters=n_iters), rng=key)
+    it += n_iters
+    g = _take(jax.tree.map(np.asarray, result.gaussians), np.arange(live))
+    losses.append(np.asarray(result.losses))
+    worst_overflow = max(worst_overflow, int(result.overflow))
+    stats = {"iter": it, "num": g.num, "loss": float(np.mean(losses[-1]))}
+    if densify.refine_start_iter <= it < densify.refine_stop_iter and it % densify.refine_every == 0:
+      count = np.asarray(result.visible_count)[:live]
+      grad2d = np.asarray(result.grad2d_sum)[:live] / np.maximum(count, 1)
+      g, counts = densify_and_prune(
+          g, grad2d, densify, scene_scale, np_rng, prune_big=it > densify.reset_every
+      )
+      stats.update(counts, num=g.num)
+    if densify.reset_every and it % densify.reset_every == 0 and it < densify.refine_stop_iter:
+      # 3DGS opacity reset: clamp to 2·prune threshold so stale Gaussians can be pruned later.
+      cap = np.log(2 * densify.prune_opa / (1 - 2 * densify.prune_opa))
+      g = dataclasses.replace(g, opacity_logits=np.minimum(g.opacity_logits, cap).astype(np.float32))
+    if progress is not None:
+      progress(n_iters, stats)
+  return jax.tree.map(jnp.asarray, g), np.concatenate(losses), worst_overflow
