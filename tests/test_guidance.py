@@ -1,0 +1,159 @@
+"""The SplatShot step (guidance.py): reduces to DDIM img2img, its eps correction is the exact chain rule, and its
+3D feedback makes independently sampled views consistent."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import struct
+
+from splatshot_jax import guidance
+from splatshot_jax.diffusion import ddim
+from splatshot_jax.priors.analytic import AnalyticCond, make_analytic_prior
+
+
+# ----------------------------------------------------------------------------------------------
+# Stand-ins: a toy prior with a non-trivial decoder, and a "3D model" that is just a stack of images.
+
+
+@struct.dataclass
+class ToyPrior:
+  """eps = tanh(A z) + cond z; decode = sigmoid(1x1 conv of 2x nearest upsampling) - a non-linear decoder."""
+
+  A: jax.Array  # (c, c)
+  W: jax.Array  # (c, 3)
+  b: jax.Array  # (3,)
+
+  def eps(self, z, t, cond):
+    return jnp.tanh(z @ self.A) + cond[:, None, None, None] * z + 1e-3 * t
+
+  def encode(self, images, rng=None):
+    return images[:, ::2, ::2, :2]
+
+  def decode(self, latents):
+    up = jnp.repeat(jnp.repeat(latents, 2, axis=1), 2, axis=2)
+    return jax.nn.sigmoid(up @ self.W + self.b)
+
+
+def _toy_prior(rng, c=2, dtype=np.float32):
+  return ToyPrior(
+      A=jnp.asarray(rng.normal(size=(c, c)), dtype),
+      W=jnp.asarray(rng.normal(size=(c, 3)), dtype),
+      b=jnp.asarray(rng.normal(size=(3,)) * 0.1, dtype),
+  )
+
+
+def _stack_scene(fixed_renders=None):
+  """model = (V, H, W, 3) images; refit = weighted blend toward the targets (or a fixed result)."""
+
+  def render(model, cameras):
+    del cameras
+    return model
+
+  def refit(model, cameras, images, weights, rng, num_iters):
+    del cameras, rng, num_iters
+    if fixed_renders is not None:
+      return fixed_renders
+    return 0.5 * model + 0.5 * images * (weights / jnp.max(weights))[:, None, None, None]
+
+  return guidance.Scene3D(render=render, refit=refit, photometric_loss=_smooth_l1)
+
+
+def _smooth_l1(pred, target):
+  return jnp.mean(jnp.sqrt(jnp.square(pred - target) + 1e-3))
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. No feedback, no SDI, w = 0: the step is plain DDIM img2img (oracle: diffusers' DDIMScheduler).
+
+
+@pytest.mark.parametrize("feedback", [False, True])
+def test_reduces_to_ddim_img2img(feedback):
+  torch = pytest.importorskip("torch")
+  diffusers = pytest.importorskip("diffusers")
+  rng = np.random.default_rng(0)
+  V, H, W = 3, 6, 6
+  sched = ddim.make_schedule(25)
+  ts = ddim.img2img_timesteps(sched, 0.5)
+  members = rng.uniform(size=(5, H, W, 3)).astype(np.float32)
+  prior = make_analytic_prior(members, np.asarray(sched.alphas_cumprod))
+  cond = AnalyticCond(jnp.ones((V, 5), bool))
+  template = rng.uniform(size=(V, H, W, 3)).astype(np.float32)
+  noise = rng.normal(size=(V, H, W, 3)).astype(np.float32)
+
+  # Feedback on with w = 0 must not change the trajectory either (the refit runs, the correction is zero).
+  cfg = guidance.GuidanceConfig(feedback=feedback, guidance_weight=0.0, sdi=False, refit_iters_first=3,
+                                refit_iters=2)
+  state = guidance.SplatShotState(
+      z=ddim.add_noise(sched, jnp.asarray(template), jnp.asarray(noise), int(ts[0])),
+      eps_gt=jnp.asarray(noise), model=jnp.asarray(template), rng=jax.random.key(0))
+  for i, t in enumerate(ts):
+    state, aux = guidance.splatshot_step(state, jnp.int32(t), prior=prior, schedule=sched, cameras=None,
+                                         cond_photo=cond, scene=_stack_scene(), cfg=cfg, first=i == 0)
+
+  ref = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                beta_schedule="scaled_linear", steps_offset=1, set_alpha_to_one=False,
+                                clip_sample=False)
+  ref.set_timesteps(25)
+  z = ref.add_noise(torch.from_numpy(template), torch.from_numpy(noise), torch.tensor([int(ts[0])]))
+  for t in ts:
+    eps = np.array(prior.eps(jnp.asarray(z.numpy()), jnp.int32(t), cond))
+    z = ref.step(torch.from_numpy(eps), int(t), z, eta=0.0).prev_sample
+  np.testing.assert_allclose(np.asarray(state.z), z.numpy(), atol=2e-5, rtol=1e-5)
+  assert aux.x0_images.shape == (V, H, W, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. The eps correction is -w dL/deps_tgt of the real loss, by finite differences (float64).
+
+
+@pytest.mark.parametrize("sdi", [False, True])
+def test_eps_correction_matches_finite_differences(sdi):
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(1)
+    V, h, w, c = 2, 3, 4, 2
+    prior = _toy_prior(rng, c, np.float64)
+    sched = ddim.make_schedule(25)
+    t = jnp.int32(481)
+    alpha, sigma = (float(x) for x in ddim.alpha_sigma(sched, t))
+    z = jnp.asarray(rng.normal(size=(V, h, w, c)))
+    eps_gt = jnp.asarray(rng.normal(size=(V, h, w, c)))
+    cond_photo, cond_template = jnp.asarray([0.3, -0.2]), jnp.asarray([0.1, 0.4])
+    renders = jnp.asarray(rng.uniform(size=(V, 2 * h, 2 * w, 3)))
+    weight, omega = 7.0, (0.5 if sdi else 1.0)
+    cfg = guidance.GuidanceConfig(guidance_weight=weight, sdi=sdi, sdi_omega=0.5)
+    state = guidance.SplatShotState(z=z, eps_gt=eps_gt, model=renders, rng=jax.random.key(0))
+    new_state, aux = guidance.splatshot_step(
+        state, t, prior=prior, schedule=sched, cameras=None, cond_photo=cond_photo,
+        cond_template=cond_template, scene=_stack_scene(fixed_renders=renders), cfg=cfg)
+
+    eps_tgt = prior.eps(z, t, cond_photo)
+    eps_src = prior.eps(z, t, cond_template)
+
+    def loss(e_tgt):  # L as a function of eps_tgt, written out independently of guidance.py
+      e_smart = eps_gt + omega * (e_tgt - eps_src) if sdi else e_tgt
+      x0 = (z - sigma * e_smart) / alpha
+      return jnp.sum(jax.vmap(_smooth_l1)(renders, prior.decode(x0)))
+
+    # Central differences along each coordinate of eps_tgt.
+    flat = np.asarray(eps_tgt).ravel()
+    fd = np.zeros_like(flat)
+    step = 1e-6
+    for i in range(flat.size):
+      d = np.zeros_like(flat)
+      d[i] = step
+      fd[i] = (loss(jnp.asarray((flat + d).reshape(eps_tgt.shape)))
+               - loss(jnp.asarray((flat - d).reshape(eps_tgt.shape)))) / (2 * step)
+    eps_expected = eps_tgt - weight * fd.reshape(eps_tgt.shape)
+    z_expected = ddim.ddim_step(sched, eps_expected, t, z)
+    # ddim.* computes in float32 internally (bf16/f32 latents), hence the float32-level tolerance on z.
+    np.testing.assert_allclose(np.asarray(new_state.z), np.asarray(z_expected), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(float(aux.discrepancy), float(loss(eps_tgt)), rtol=1e-5)
+    # And the gradient itself, at float64 precision, from the pieces.
+    x0 = (z - sigma * (eps_gt + omega * (eps_tgt - eps_src) if sdi else eps_tgt)) / alpha
+    images, vjp = jax.vjp(prior.decode, x0)
+    _, g_x0 = guidance.discrepancy_grad(images, renders, vjp, _smooth_l1)
+    corrected, _ = guidance.correct_eps(eps_tgt, g_x0, alpha, sigma, omega, weight)
+    np.testing.assert_allclose(np.asarray(corrected), np.asarray(eps_expected), rtol=1e-7, atol=1e-9)
