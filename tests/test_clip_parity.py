@@ -1,0 +1,179 @@
+"""Parity of our Flax CLIP (text, vision, preprocessing, tokenizer) against transformers on CPU.
+
+Tiny random models saved in the real on-disk formats, loaded through our loaders, compared on fresh
+random inputs (unseeded; the seed is printed in every assertion). fp32 bound: relative error
+||ours - ref|| / ||ref|| <= 1e-4 over each whole output; max abs error is reported alongside.
+"""
+
+import json
+import os
+import secrets
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from splatshot_jax.diffusion import clip  # noqa: E402
+from splatshot_jax.diffusion import tokenizer as tok_lib  # noqa: E402
+
+REL_TOL = 1e-4
+
+
+def _seed():
+  return secrets.randbits(31)
+
+
+def _randomise(module, seed, scale=0.3):
+  """Overwrites every parameter (LayerNorm ones/zeros included) so a mis-mapped leaf shows."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for p in module.parameters():
+      p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def _check(ours, ref, what, seed):
+  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+  assert ours.shape == ref.shape, f"{what}: shape {ours.shape} vs {ref.shape} (seed {seed})"
+  rel = np.linalg.norm(ours - ref) / np.linalg.norm(ref)
+  mx = np.abs(ours - ref).max()
+  print(f"{what}: rel {rel:.2e} max abs {mx:.2e} (seed {seed})")
+  assert rel <= REL_TOL, f"{what}: rel err {rel:.2e} > {REL_TOL} (max abs {mx:.2e}, seed {seed})"
+  return rel, mx
+
+
+# ----------------------------------------------------------------------------------------------
+# Text encoder
+
+TEXT_CFG = dict(vocab_size=320, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                num_attention_heads=4, max_position_embeddings=77)
+
+
+@pytest.mark.parametrize("layout,hidden_act,eos", [
+    ("v5_safetensors", "quick_gelu", 2),       # transformers 5 save_pretrained, SD-1.5 legacy eos
+    ("v4_bin", "gelu", 319),                   # transformers 4 layout (text_model. prefix) as .bin
+])
+def test_text_encoder_parity(tmp_path, layout, hidden_act, eos):
+  seed = _seed()
+  torch.manual_seed(seed)
+  cfg = transformers.CLIPTextConfig(**TEXT_CFG, hidden_act=hidden_act, eos_token_id=eos,
+                                    bos_token_id=318, pad_token_id=eos)
+  ref = transformers.CLIPTextModel(cfg).eval()
+  _randomise(ref, seed)
+  folder = str(tmp_path / "text_encoder")
+  if layout == "v5_safetensors":
+    ref.save_pretrained(folder)
+  else:
+    os.makedirs(folder)
+    cfg.to_json_file(os.path.join(folder, "config.json"))
+    sd = {f"text_model.{k}": v for k, v in ref.state_dict().items()}
+    sd["text_model.embeddings.position_ids"] = torch.arange(77)[None]  # old persistent buffer
+    torch.save(sd, os.path.join(folder, "pytorch_model.bin"))
+
+  model, params = clip.load_text_encoder(folder)
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(0, 318, size=(3, 77))
+  ids[:, 0] = 318
+  for b, n in enumerate(rng.integers(2, 77, size=3)):  # an EOS, then EOS-padding, as SD feeds it
+    ids[b, n:] = 319
+  with torch.no_grad():
+    r = ref(torch.as_tensor(ids), output_hidden_states=True)
+  o = model.apply({"params": params}, jnp.asarray(ids, jnp.int32), output_hidden_states=True)
+  _check(o.last_hidden_state, r.last_hidden_state, "last_hidden_state", seed)
+  _check(o.pooler_output, r.pooler_output, "pooler_output", seed)
+  assert len(o.hidden_states) == len(r.hidden_states)
+  for i, (a, b) in enumerate(zip(o.hidden_states, r.hidden_states)):
+    _check(a, b, f"hidden_states[{i}]", seed)
+
+
+def test_text_encoder_padding_mask(tmp_path):
+  seed = _seed()
+  torch.manual_seed(seed)
+  cfg = transformers.CLIPTextConfig(**TEXT_CFG, eos_token_id=319, bos_token_id=318, pad_token_id=0)
+  ref = transformers.CLIPTextModel(cfg).eval()
+  _randomise(ref, seed)
+  ref.save_pretrained(str(tmp_path))
+  model, params = clip.load_text_encoder(str(tmp_path))
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(1, 318, size=(2, 20))
+  ids[:, -1] = 319
+  mask = np.ones_like(ids)
+  mask[1, 12:] = 0
+  with torch.no_grad():
+    r = ref(torch.as_tensor(ids), attention_mask=torch.as_tensor(mask))
+  o = model.apply({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask))
+  _check(o.last_hidden_state, r.last_hidden_state, "masked last_hidden_state", seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Vision encoder
+
+VISION_CFG = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+                  image_size=32, patch_size=8, projection_dim=24)
+
+
+@pytest.mark.parametrize("hidden_act", ["gelu", "quick_gelu"])
+def test_vision_encoder_parity(tmp_path, hidden_act):
+  seed = _seed()
+  torch.manual_seed(seed)
+  ref = transformers.CLIPVisionModelWithProjection(
+      transformers.CLIPVisionConfig(**VISION_CFG, hidden_act=hidden_act)).eval()
+  _randomise(ref, seed)
+  ref.save_pretrained(str(tmp_path))
+  model, params = clip.load_vision_encoder(str(tmp_path))
+  x = np.random.default_rng(seed).standard_normal((2, 3, 32, 32)).astype(np.float32)
+  with torch.no_grad():
+    r = ref(torch.as_tensor(x), output_hidden_states=True)
+  o = model.apply({"params": params}, jnp.asarray(x.transpose(0, 2, 3, 1)), output_hidden_states=True)
+  _check(o.image_embeds, r.image_embeds, "image_embeds", seed)
+  _check(o.last_hidden_state, r.last_hidden_state, "last_hidden_state", seed)
+  assert len(o.hidden_states) == len(r.hidden_states) == VISION_CFG["num_hidden_layers"] + 1
+  for i, (a, b) in enumerate(zip(o.hidden_states, r.hidden_states)):
+    _check(a, b, f"hidden_states[{i}]", seed)
+
+
+def test_vision_config_from_full_clip_config():
+  d = {"projection_dim": 16, "vision_config": dict(VISION_CFG, projection_dim=None, hidden_act="gelu"),
+       "text_config": {"hidden_size": 8}}
+  c = clip.CLIPVisionConfig.from_json_dict(d)
+  assert c.projection_dim == 16 and c.hidden_size == 32 and c.patch_size == 8
+
+
+def test_config_defaults_match_transformers():
+  """A config.json may omit fields equal to transformers' defaults; ours must fill the same values."""
+  for ours, theirs in [(clip.CLIPTextConfig(), transformers.CLIPTextConfig()),
+                       (clip.CLIPVisionConfig(), transformers.CLIPVisionConfig())]:
+    for k, v in vars(ours).items():
+      assert getattr(theirs, k) == v, f"{type(ours).__name__}.{k}: ours {v}, transformers {getattr(theirs, k)}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Image preprocessing
+
+
+def _reference_processor():
+  try:
+    from transformers import CLIPImageProcessorPil as P  # what the official (PIL) pipeline used
+  except ImportError:
+    from transformers import CLIPImageProcessor as P
+  return P()
+
+
+@pytest.mark.parametrize("hw", [(300, 420), (512, 256), (224, 224), (100, 150), (225, 1000)])
+def test_preprocess_matches_clip_image_processor(hw):
+  """Same PIL bicubic resize + crop + normalise: agreement to float32 rounding (1e-5 abs).
+
+  The only floating-point step after the (shared, 8-bit) PIL resize is (x/255 - mean)/std in float32,
+  identical operation order, so any difference above 1e-5 would mean a different resize or crop.
+  """
+  from PIL import Image
+  seed = _seed()
+  img = np.random.default_rng(seed).integers(0, 256, size=hw + (3,), dtype=np.uint8)
+  ref = _reference_processor()(images=Image.fromarray(img), return_tensors="np")["pixel_values"][0]
+  ours = clip.preprocess_image(Image.fromarray(img))
+  assert ours.shape == (224, 224, 3)
+  np.testing.assert_allclose(ours, ref.transpose(1, 2, 0), atol=1e-5, err_msg=f"seed {seed}")
+  np.testing.assert_allclose(clip.preprocess_image(img), ours, atol=0, err_msg=f"seed {seed}")
+  np.testing.assert_allclose(clip.preprocess_image(img / 255.0), ours, atol=0, err_msg=f"seed {seed}")
