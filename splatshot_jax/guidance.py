@@ -279,7 +279,10 @@ def gaussian_scene(fit_cfg=None, *, background=(0.0, 0.0, 0.0), render_kwargs=()
   probability proportional to its confidence, loss scaled by it) for the refit. Black background as official.
 
   Args:
-    fit_cfg: a `fit.FitConfig` (its num_iters is replaced per step); None: the official refit settings.
+    fit_cfg: a `fit.FitConfig` (its num_iters is replaced per step); None: the official refit settings
+      (per-group Adam learning rates, eps 1e-15, all groups trainable, no densification).
+    background: (3,) RGB of the renders (official: black).
+    render_kwargs: ((name, value), ...) static rasterizer settings (pair_budget, tile_capacity, ...).
   """
   from splatshot_jax import fit as fit_lib  # pylint: disable=import-outside-toplevel
 
@@ -292,10 +295,10 @@ def gaussian_scene(fit_cfg=None, *, background=(0.0, 0.0, 0.0), render_kwargs=()
 
 
 def _render_gaussians(gaussians, cameras, *, background, render_kwargs):
-  from splatshot_jax.render import render  # pylint: disable=import-outside-toplevel
+  from splatshot_jax.render import render_views  # pylint: disable=import-outside-toplevel
 
-  bg = jnp.asarray(background, jnp.float32)
-  return jax.vmap(lambda cam: render(gaussians, cam, background=bg, **dict(render_kwargs)).rgb)(cameras)
+  return render_views(gaussians, cameras, background=jnp.asarray(background, jnp.float32),
+                      **dict(render_kwargs)).rgb
 
 
 def _refit_gaussians(gaussians, cameras, images, view_weights, rng, num_iters, *, fit_cfg):

@@ -1,0 +1,190 @@
+"""The SplatShot run: template renders -> noised latents -> ~13 SplatShot steps -> avatar Gaussians.
+
+  result = run_splatshot(prior, template, photo_cond, cfg, rng, scene=gaussian_scene(), template_cond=...)
+  write_outputs(result, out_dir, ...)        # avatar.ply, base.ply, views, turntable, x0 grid, json
+
+The loop over timesteps is a short Python loop (one jitted `splatshot_step` per timestep; two compilations: the
+first step refits longer) so that progress can be shown and per-step x0 images kept on the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from splatshot_jax import guidance
+from splatshot_jax.diffusion import ddim
+
+Pytree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+  """Settings of one run (defaults: the paper's).
+
+  Attributes:
+    num_inference_steps: DDIM grid size (official 25).
+    strength: SDEdit strength (official 0.5).
+    start: "official": start at index int(n * strength) of the grid, i.e. timesteps[12:] = 13 steps from
+      t = 481 at the paper setting (the released loop); "diffusers": `ddim.img2img_timesteps` (12 steps from 441).
+    guidance: the step's GuidanceConfig.
+    thumbnail: longest side of the per-step x0 images kept on the host (0: full size). uint8.
+    progress: show a tqdm bar over timesteps.
+  """
+
+  num_inference_steps: int = 25
+  strength: float = 0.5
+  start: str = "official"
+  guidance: guidance.GuidanceConfig = guidance.GuidanceConfig()
+  thumbnail: int = 128
+  progress: bool = True
+
+
+@struct.dataclass
+class SplatShotResult:
+  """What a run returns.
+
+  Attributes:
+    gaussians: the avatar (the 3D model after the last refit; the base model when feedback is off).
+    base: the base template's 3D model.
+    final_images: (V, H, W, 3) float32 decode of the final latents, in [0, 1] (clipped).
+    view_weights: (V,) float32 confidence of each final view under the avatar (softmax(-10 L1)).
+    x0_images: (S, V, h, w, 3) uint8 decoded x0 at every step (thumbnails).
+    renders: (S, V, h, w, 3) uint8 renders of the refit model at every step (zeros without feedback).
+    discrepancy: (S,) float32 the step's photometric loss L (summed over views).
+    eps_correction: (S,) float32 RMS of the eps correction w dL/deps.
+    timesteps: (S,) int32 visited train timesteps.
+  """
+
+  gaussians: Pytree
+  base: Pytree
+  final_images: np.ndarray
+  view_weights: np.ndarray
+  x0_images: np.ndarray
+  renders: np.ndarray
+  discrepancy: np.ndarray
+  eps_correction: np.ndarray
+  timesteps: np.ndarray
+
+
+def sampler_timesteps(schedule: ddim.DDIMSchedule, strength: float, start: str = "official") -> np.ndarray:
+  """(S,) int32 timesteps the run visits, descending (static: S sets the loop length)."""
+  if start == "diffusers":
+    return ddim.img2img_timesteps(schedule, strength)
+  if start == "official":
+    if not 0.0 <= strength <= 1.0:
+      raise ValueError(f"strength={strength} must be in [0, 1]")
+    n = schedule.num_inference_steps
+    return np.asarray(schedule.timesteps)[min(int(n * strength), n - 1):].astype(np.int32)
+  raise ValueError(f"SamplerConfig.start={start!r}; expected 'official' or 'diffusers'")
+
+
+def _thumbnail(images: jax.Array, size: int) -> np.ndarray:
+  """(V, H, W, 3) float in [0, 1] -> (V, h, w, 3) uint8 with max(h, w) <= size (area-average by integer factor)."""
+  x = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+  if size > 0:
+    f = max(1, -(-max(x.shape[1:3]) // size))
+    h, w = x.shape[1] // f * f, x.shape[2] // f * f
+    x = x[:, :h, :w].reshape(x.shape[0], h // f, f, w // f, f, 3).mean(axis=(2, 4))
+  return np.round(x * 255.0).astype(np.uint8)
+
+
+@functools.partial(jax.jit, static_argnames=("scene", "temperature"))
+def _final_weights(model, cameras, images, *, scene, temperature):
+  return guidance.confidence_weights(scene.render(model, cameras), images, temperature)
+
+
+@jax.jit
+def _decode(prior, z):
+  return jnp.clip(prior.decode(z), 0.0, 1.0)
+
+
+@jax.jit
+def _start(prior, images, schedule, t0, rng):
+  """Encode the template renders and noise them to t0: z = alpha z0 + sigma eps_gt (eps_gt kept for SDI)."""
+  enc_key, noise_key = jax.random.split(rng)
+  z0 = prior.encode(images, enc_key)
+  eps_gt = jax.random.normal(noise_key, z0.shape, z0.dtype)
+  return ddim.add_noise(schedule, z0, eps_gt, t0), eps_gt
+
+
+def run_splatshot(
+    prior: Pytree,
+    template: Any,
+    photo_cond: Pytree,
+    cfg: SamplerConfig,
+    rng: jax.Array,
+    *,
+    scene: guidance.Scene3D | None = None,
+    template_cond: Pytree = None,
+    schedule: ddim.DDIMSchedule | None = None,
+) -> SplatShotResult:
+  """Runs SplatShot from a base template to an avatar.
+
+  Args:
+    prior: a `Prior` pytree (eps / encode / decode).
+    template: the base template: any object with `gaussians` (the base 3D model), `cameras` (the V cameras)
+      and `images` ((V, H, W, 3) float32 renders of the base in [0, 1], the img2img inputs).
+    photo_cond: the prior's conditioning with the photo (leading V axis).
+    cfg: SamplerConfig.
+    rng: PRNG key (VAE posterior sample, the initial noise, refit view sampling).
+    scene: Scene3D (render + refit); required when cfg.guidance.feedback. Build it once: it is a static
+      argument of the jitted step, and a new one recompiles.
+    template_cond: the prior's conditioning with the template (required when cfg.guidance.sdi).
+    schedule: DDIM schedule; default `ddim.make_schedule(cfg.num_inference_steps)` (SD-1.5's).
+  Returns:
+    SplatShotResult.
+  """
+  gcfg = cfg.guidance
+  if gcfg.feedback and scene is None:
+    raise ValueError("run_splatshot: cfg.guidance.feedback=True needs scene= (a guidance.Scene3D)")
+  if gcfg.sdi and template_cond is None:
+    raise ValueError("run_splatshot: cfg.guidance.sdi=True needs template_cond= (the template's conditioning)")
+  if schedule is None:
+    schedule = ddim.make_schedule(cfg.num_inference_steps)
+  timesteps = sampler_timesteps(schedule, cfg.strength, cfg.start)
+  images = jnp.asarray(template.images, jnp.float32)
+
+  rng, start_key = jax.random.split(rng)
+  z, eps_gt = _start(prior, images, schedule, jnp.int32(timesteps[0]), start_key)
+  state = guidance.SplatShotState(z=z, eps_gt=eps_gt, model=template.gaussians, rng=rng)
+
+  steps = enumerate(timesteps)
+  if cfg.progress:
+    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+    steps = tqdm(steps, total=len(timesteps), desc="splatshot", unit="step")
+  x0s, renders, losses, shifts = [], [], [], []
+  for i, t in steps:
+    state, aux = guidance.splatshot_step(
+        state, jnp.int32(t), prior=prior, schedule=schedule, cameras=template.cameras, cond_photo=photo_cond,
+        cond_template=template_cond, scene=scene, cfg=gcfg, first=i == 0)
+    x0s.append(_thumbnail(aux.x0_images, cfg.thumbnail))
+    renders.append(_thumbnail(aux.renders, cfg.thumbnail))
+    losses.append(float(aux.discrepancy))
+    shifts.append(float(aux.eps_correction))
+    if cfg.progress:
+      steps.set_postfix(t=int(t), L=f"{losses[-1]:.4f}")
+
+  final = _decode(prior, state.z)
+  if scene is not None:
+    weights = _final_weights(state.model, template.cameras, final, scene=scene,
+                             temperature=gcfg.confidence_temperature)
+  else:
+    weights = jnp.full((final.shape[0],), 1.0 / final.shape[0])
+  return SplatShotResult(
+      gaussians=state.model,
+      base=template.gaussians,
+      final_images=np.asarray(final),
+      view_weights=np.asarray(weights),
+      x0_images=np.stack(x0s),
+      renders=np.stack(renders),
+      discrepancy=np.asarray(losses, np.float32),
+      eps_correction=np.asarray(shifts, np.float32),
+      timesteps=np.asarray(timesteps, np.int32),
+  )
