@@ -177,3 +177,112 @@ def test_preprocess_matches_clip_image_processor(hw):
   np.testing.assert_allclose(ours, ref.transpose(1, 2, 0), atol=1e-5, err_msg=f"seed {seed}")
   np.testing.assert_allclose(clip.preprocess_image(img), ours, atol=0, err_msg=f"seed {seed}")
   np.testing.assert_allclose(clip.preprocess_image(img / 255.0), ours, atol=0, err_msg=f"seed {seed}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer
+
+PROMPT = "high quality portrait, detailed face, photorealistic"
+NEGATIVE = "blurry, low quality, distorted, deformed"
+CORPUS = (PROMPT + " " + NEGATIVE + " a photo of a person with short hair and a smiling face, studio "
+          "lighting, sharp focus, realistic skin texture, ugly, bad anatomy, cartoon, painting, "
+          "it's the person's portrait; they're happy. 3d render 8k uhd, masterpiece best quality ") * 3
+
+
+def _learn_bpe(corpus, n_merges=200):
+  """A tiny CLIP-format BPE (bytes, bytes+</w>, learned merges, specials last), learned greedily."""
+  from tokenizers import Regex, normalizers, pre_tokenizers
+  norm = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                               normalizers.Lowercase()])
+  pre = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(Regex(tok_lib._CLIP_SPLIT), behavior="removed", invert=True),
+      pre_tokenizers.ByteLevel(add_prefix_space=False)])
+  counts = {}
+  for w, _ in pre.pre_tokenize_str(norm.normalize_str(corpus)):
+    sym = tuple(w[:-1]) + (w[-1] + "</w>",)
+    counts[sym] = counts.get(sym, 0) + 1
+  alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+  vocab = alphabet + [c + "</w>" for c in alphabet]
+  merges = []
+  for _ in range(n_merges):
+    pairs = {}
+    for sym, c in counts.items():
+      for p in zip(sym[:-1], sym[1:]):
+        pairs[p] = pairs.get(p, 0) + c
+    if not pairs:
+      break
+    best = max(pairs, key=lambda p: (pairs[p], p))
+    merges.append(best)
+    vocab.append(best[0] + best[1])
+    new = {}
+    for sym, c in counts.items():
+      out, i = [], 0
+      while i < len(sym):
+        if i + 1 < len(sym) and (sym[i], sym[i + 1]) == best:
+          out.append(sym[i] + sym[i + 1])
+          i += 2
+        else:
+          out.append(sym[i])
+          i += 1
+      new[tuple(out)] = new.get(tuple(out), 0) + c
+    counts = new
+  vocab += ["<|startoftext|>", "<|endoftext|>"]
+  return {t: i for i, t in enumerate(dict.fromkeys(vocab))}, merges
+
+
+def _write_tokenizer_folder(folder, pad_token="<|endoftext|>"):
+  vocab, merges = _learn_bpe(CORPUS)
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+    json.dump(vocab, f, ensure_ascii=False)
+  with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+    f.write("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+  specials = {"bos_token": {"content": "<|startoftext|>", "lstrip": False, "normalized": True,
+                            "rstrip": False, "single_word": False},
+              "eos_token": "<|endoftext|>", "pad_token": pad_token, "unk_token": "<|endoftext|>"}
+  with open(os.path.join(folder, "special_tokens_map.json"), "w") as f:
+    json.dump(specials, f)
+  with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:  # as SD-1.5's file
+    json.dump(dict(specials, model_max_length=77, tokenizer_class="CLIPTokenizer",
+                   do_lower_case=True, errors="replace", add_prefix_space=False), f)
+  return vocab
+
+
+PROMPTS = [
+    PROMPT, NEGATIVE, "", "A Photo of a PERSON", "  studio\tlighting \n\n sharp   focus ",
+    "it's the person's portrait; they're happy!!! 3d 8k 1234 uhd",
+    "café naïve résumé 日本語 😀 — “quoted” ½", "x <|endoftext|> y", "face" + ",face" * 60,
+]
+
+
+@pytest.mark.parametrize("pad_token", ["<|endoftext|>", "!"])  # SD-1.5 pads with EOS, SD-2 with "!"
+def test_tokenizer_matches_transformers(tmp_path, pad_token):
+  folder = str(tmp_path / "tokenizer")
+  _write_tokenizer_folder(folder, pad_token)
+  ref = transformers.CLIPTokenizer.from_pretrained(folder)
+  ours = tok_lib.CLIPTokenizer.from_pretrained(folder)
+  expected = ref(PROMPTS, padding="max_length", max_length=ref.model_max_length, truncation=True,
+                 return_tensors="np")["input_ids"]
+  got = ours(PROMPTS)
+  assert got.shape == (len(PROMPTS), 77) and got.dtype == np.int32
+  for p, g, e in zip(PROMPTS, got, expected):
+    assert g.tolist() == e.tolist(), f"prompt {p!r}:\nours {g.tolist()}\nref  {e.tolist()}"
+  assert ours.pad_token_id == ref.pad_token_id
+  # The paper prompt is learned into few pieces; the long one is truncated to BOS + 75 + EOS.
+  assert len(ours.tokenize(PROMPT)) < len(PROMPT) // 2
+  assert got[-1, -1] == ours.eos_token_id
+  assert ours.decode(got[0]) == ref.decode(expected[0], skip_special_tokens=True)
+
+
+def test_tokenizer_from_tokenizer_json(tmp_path):
+  """A folder written by transformers 5 (tokenizer.json) gives the same ids as vocab + merges."""
+  src = str(tmp_path / "src")
+  _write_tokenizer_folder(src)
+  dst = str(tmp_path / "saved")
+  transformers.CLIPTokenizer.from_pretrained(src).save_pretrained(dst)
+  for f in ("vocab.json", "merges.txt"):
+    if os.path.exists(os.path.join(dst, f)):
+      os.remove(os.path.join(dst, f))
+  assert os.path.exists(os.path.join(dst, "tokenizer.json"))
+  np.testing.assert_array_equal(tok_lib.CLIPTokenizer.from_pretrained(dst)(PROMPTS),
+                                tok_lib.CLIPTokenizer.from_pretrained(src)(PROMPTS))
