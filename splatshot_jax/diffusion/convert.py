@@ -96,6 +96,7 @@ def torch_to_flax(
     if hasattr(value, "detach"):  # a torch tensor
       value = value.detach().cpu().float().numpy()
     value = np.asarray(value)
+    torch_shape = tuple(value.shape)
     path, value = _convert_leaf(torch_key_to_flax_path(mapped), value, flat_template)
     if path not in flat_template:
       if not any(r.search(key) for r in ignore_res):
@@ -104,8 +105,9 @@ def torch_to_flax(
     expected = flat_template[path]
     if tuple(expected.shape) != tuple(value.shape):
       raise CheckpointError(
-          f"{name}: key '{key}' has shape {tuple(value.shape)} but the model expects "
-          f"{tuple(expected.shape)} at {'/'.join(path)} (check the config.json that built the model)."
+          f"{name}: key '{key}' has shape {torch_shape} (as flax: {tuple(value.shape)}) but the "
+          f"model expects {tuple(expected.shape)} at {'/'.join(path)} (check the config.json that "
+          f"built the model)."
       )
     out[path] = value.astype(dtype or expected.dtype)
   missing = [p for p in flat_template if p not in out]
