@@ -221,7 +221,7 @@ def _one_round(state, t, prior, schedule, cameras, cond_photo, cond_template, sc
   return z_prev, predict_x0(schedule, state.z, eps, t), model, rng, aux
 
 
-@functools.partial(jax.jit, static_argnames=("scene", "cfg", "first"))
+@functools.partial(jax.jit, static_argnames=("scene", "cfg", "refit_iters"))
 def splatshot_step(
     state: SplatShotState,
     t: jax.Array,
@@ -233,7 +233,7 @@ def splatshot_step(
     cond_template: Pytree = None,
     scene: Scene3D | None = None,
     cfg: GuidanceConfig = GuidanceConfig(),
-    first: bool = False,
+    refit_iters: int | None = None,
 ) -> tuple[SplatShotState, StepAux]:
   """One SplatShot denoising step for all V views: z_t -> z_{t'} (t' = t - T/n), plus the refit model.
 
@@ -247,7 +247,8 @@ def splatshot_step(
     cond_template: prior conditioning with the base template (needed when cfg.sdi).
     scene: static `Scene3D` (render + refit); needed when cfg.feedback.
     cfg: static GuidanceConfig.
-    first: static; the first step refits for cfg.refit_iters_first iterations (from the base template).
+    refit_iters: static refit length of this step; None: cfg.refit_iters. The sampler passes
+      cfg.refit_iters_first at the first step (the refit starts from the base template there).
   Returns:
     (next state, StepAux of this step).
   """
@@ -255,7 +256,8 @@ def splatshot_step(
     raise ValueError("splatshot_step: cfg.feedback needs a Scene3D (render + refit)")
   if cfg.sdi and cond_template is None:
     raise ValueError("splatshot_step: cfg.sdi needs cond_template (the template's conditioning)")
-  refit_iters = cfg.refit_iters_first if first else cfg.refit_iters
+  if refit_iters is None:
+    refit_iters = cfg.refit_iters
   alpha, sigma = ddim.alpha_sigma(schedule, t)
   for r in range(cfg.self_recurrence):  # static, default 1: unrolled
     z_prev, x0, model, rng, aux = _one_round(

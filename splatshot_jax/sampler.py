@@ -73,6 +73,25 @@ class SplatShotResult:
   timesteps: np.ndarray
 
 
+def sampler_config(config) -> SamplerConfig:
+  """SamplerConfig from a config's `sampler` and `guidance` sections (configs/splatshot_sd15.py layout).
+
+  Raises ValueError naming the field when a section has a key the dataclasses do not know.
+  """
+  def build(cls, section, name):
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = dict(section) if section is not None else {}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"config.{name}: unknown field(s) {unknown}; expected a subset of {sorted(known)}")
+    return cls(**values)
+
+  g = build(guidance.GuidanceConfig, config.get("guidance"), "guidance")
+  s = dict(config.get("sampler") or {})
+  s = build(SamplerConfig, {k: v for k, v in s.items() if k != "guidance"}, "sampler")
+  return dataclasses.replace(s, guidance=g)
+
+
 def sampler_timesteps(schedule: ddim.DDIMSchedule, strength: float, start: str = "official") -> np.ndarray:
   """(S,) int32 timesteps the run visits, descending (static: S sets the loop length)."""
   if start == "diffusers":
@@ -163,7 +182,8 @@ def run_splatshot(
   for i, t in steps:
     state, aux = guidance.splatshot_step(
         state, jnp.int32(t), prior=prior, schedule=schedule, cameras=template.cameras, cond_photo=photo_cond,
-        cond_template=template_cond, scene=scene, cfg=gcfg, first=i == 0)
+        cond_template=template_cond, scene=scene, cfg=gcfg,
+        refit_iters=gcfg.refit_iters_first if i == 0 else gcfg.refit_iters)
     x0s.append(_thumbnail(aux.x0_images, cfg.thumbnail))
     renders.append(_thumbnail(aux.renders, cfg.thumbnail))
     losses.append(float(aux.discrepancy))

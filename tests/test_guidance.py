@@ -91,7 +91,8 @@ def test_reduces_to_ddim_img2img(feedback):
       eps_gt=jnp.asarray(noise), model=jnp.asarray(template), rng=jax.random.key(0))
   for i, t in enumerate(ts):
     state, aux = guidance.splatshot_step(state, jnp.int32(t), prior=prior, schedule=sched, cameras=None,
-                                         cond_photo=cond, scene=_stack_scene(), cfg=cfg, first=i == 0)
+                                         cond_photo=cond, scene=_stack_scene(), cfg=cfg,
+                                         refit_iters=3 if i == 0 else 2)
 
   ref = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                                 beta_schedule="scaled_linear", steps_offset=1, set_alpha_to_one=False,
@@ -132,6 +133,7 @@ def test_eps_correction_matches_finite_differences(sdi):
     eps_tgt = prior.eps(z, t, cond_photo)
     eps_src = prior.eps(z, t, cond_template)
 
+    @jax.jit
     def loss(e_tgt):  # L as a function of eps_tgt, written out independently of guidance.py
       e_smart = eps_gt + omega * (e_tgt - eps_src) if sdi else e_tgt
       x0 = (z - sigma * e_smart) / alpha
