@@ -278,6 +278,11 @@ def orbit_rig(target, radius: float, yaws, pitches, *, width: int, height: int,
 
   Returns:
     Camera with batch shape (P * Y,) or (Y,).
+
+  For reference, the 48 SplatShot views of NeRSemble subject 333 (16 real cameras plus 32
+  interpolated) span yaw -49..49 deg, pitch -19..17 deg at 0.75..1.2 m with fx = 2047 px for
+  550x802 images (vertical fov ~22 deg), e.g.
+  `orbit_rig(c, 1.1, np.linspace(-48, 48, 12), [-16, -5, 5, 16], K=K, width=550, height=802)`.
   """
   if (fov_deg is None) == (K is None):
     raise ValueError("orbit_rig: give exactly one of fov_deg and K")
@@ -338,6 +343,25 @@ class MultiviewData:
 
   def __len__(self) -> int:
     return len(self.names)
+
+  def load_images(self, background=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """(V, H, W, 3) float32 in [0, 1]: the inline images, or the files read with io.images."""
+    if self.images is not None:
+      return self.images.astype(np.float32) / 255.0
+    from splatshot_jax.io.images import load_image  # pylint: disable=import-outside-toplevel
+    out = np.stack([load_image(p, background=background) for p in self.image_paths])
+    if out.shape[1:3] != (self.cameras.height, self.cameras.width):
+      raise CameraFormatError(f"{self.image_paths[0].parent}: images are {out.shape[2]}x"
+                              f"{out.shape[1]}, cameras expect {self.cameras.width}x"
+                              f"{self.cameras.height}")
+    return out
+
+  def load_masks(self, threshold: float | None = 0.5) -> np.ndarray:
+    """(V, H, W) float32 foreground masks (binarised at `threshold` unless it is None)."""
+    if self.mask_paths is None or any(p is None for p in self.mask_paths):
+      raise CameraFormatError(f"views {self.names[:3]}...: no mask file for every view")
+    from splatshot_jax.io.images import load_mask  # pylint: disable=import-outside-toplevel
+    return np.stack([load_mask(p, threshold) for p in self.mask_paths])
 
   def select(self, idx) -> "MultiviewData":
     """The subset of views idx (ints or bool mask), keeping every field aligned."""

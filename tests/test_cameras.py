@@ -42,6 +42,14 @@ def test_transforms_and_colmap_agree(name):
 
 
 @pytest.mark.parametrize("name", REAL)
+def test_load_images_and_masks(name):
+  data = C.load_multiview(MULTIVIEW / name, split="val")
+  im, m = data.load_images(), data.load_masks()
+  assert im.shape == (1, 802, 550, 3) and m.shape == (1, 802, 550)
+  assert 0.1 < m.mean() < 0.9 and im[m == 0].mean() > 0.9  # white background off the mask
+
+
+@pytest.mark.parametrize("name", REAL)
 def test_splits(name):
   assert C.load_multiview(MULTIVIEW / name, split="val").names == ("00000_08",)
   assert len(C.load_transforms_json(MULTIVIEW / name, split="train")) == 15
