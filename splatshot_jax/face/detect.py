@@ -131,27 +131,6 @@ def _shape_predictor_68():
 
 # ----------------------------------------------------------------------------- images
 
-def _load_image(path) -> np.ndarray:
-  try:
-    from splatshot_jax.io.images import load_image
-  except ImportError:  # the shared loader has not landed yet: a minimal PIL stand-in
-    return _pil_load(path)
-  return load_image(path)
-
-
-def _pil_load(path) -> np.ndarray:
-  from PIL import Image, ImageOps, UnidentifiedImageError
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path}: no such image file")
-  try:
-    with Image.open(path) as im:
-      im = ImageOps.exif_transpose(im)
-      return np.asarray(im.convert("RGB"))
-  except (UnidentifiedImageError, OSError) as e:
-    raise ValueError(f"{path}: unreadable image file ({e})") from e
-
-
 def as_rgb_uint8(image: ImageLike, *, name: str = "image") -> np.ndarray:
   """Loads or validates an image as (H, W, 3) uint8 RGB (C-contiguous, as dlib wants).
 
@@ -161,8 +140,9 @@ def as_rgb_uint8(image: ImageLike, *, name: str = "image") -> np.ndarray:
     name: how to call the image in error messages.
   """
   if isinstance(image, (str, os.PathLike)):
+    from splatshot_jax.io.images import load_image  # raises ImageError naming the file
     name = os.fspath(image)
-    image = _load_image(image)
+    image = load_image(image)
   arr = np.asarray(image)
   if arr.ndim == 3 and arr.shape[-1] == 1:
     arr = arr[..., 0]
@@ -261,7 +241,7 @@ def analyze_photo(image: ImageLike, *, detector: str = "hog", min_face_px: float
   Raises:
     NoFaceError: no face anywhere in the image.
     FaceTooSmallError: the largest face is smaller than `min_face_px`.
-    FileNotFoundError / ValueError: from the image loader (missing or unreadable file).
+    splatshot_jax.io.images.ImageError (a ValueError): missing or unreadable image file.
   """
   name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else "image"
   img = as_rgb_uint8(image, name=name)
