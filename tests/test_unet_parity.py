@@ -248,3 +248,19 @@ def test_config_rejects_unsupported_fields():
     unet_lib.UNetConfig.from_json_dict({**SD1_TINY, "addition_embed_type": "text_time"})
   with pytest.raises(ValueError, match="AttnDownBlock2D"):
     unet_lib.UNetConfig.from_json_dict({**SD1_TINY, "down_block_types": ["AttnDownBlock2D", "DownBlock2D"]})
+
+
+def test_unet_bf16_jit_close_to_fp32(tmp_path):
+  """dtype plumbing: a jitted bf16 UNet (fp32 params) stays near the fp32 output."""
+  import jax
+  seed = int(np.random.default_rng().integers(2**31))
+  rng = np.random.default_rng(seed)
+  _, model, cfg, sd = make_unet(SD1_TINY, seed, tmp_path)
+  params = convert.torch_to_flax(sd, unet_lib.init_params_shape(model), name="tiny unet")
+  x, t, ctx = inputs(rng, cfg)
+  ref = model.apply({"params": params}, x, t, ctx)
+  bf16 = unet_lib.UNet2DConditionModel(cfg, dtype=jnp.bfloat16)
+  out = jax.jit(lambda p, *a: bf16.apply({"params": p}, *a))(params, x, t, ctx)
+  assert out.dtype == jnp.bfloat16
+  rel, _ = rel_err(np.asarray(out.astype(jnp.float32)), np.asarray(ref))
+  assert rel < 3e-2, f"bf16 rel err {rel:.2e}, seed {seed}"

@@ -175,9 +175,24 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, upcast: bool
   if upcast:
     q, k, v = (a.astype(jnp.float32) for a in (q, k, v))
   split = lambda a: a.reshape(a.shape[0], a.shape[1], heads, dh)
-  # (B, L, N, H) is dot_product_attention's layout; on GPU with fp16/bf16 it can use cuDNN.
-  o = jax.nn.dot_product_attention(split(q), split(k), split(v))
+  q, k, v = split(q), split(k), split(v)
+  o = None
+  if _use_cudnn(q.dtype, dh):
+    try:
+      o = jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    except (NotImplementedError, ValueError, RuntimeError):
+      o = None  # shape/dtype the fused kernel rejects at trace time: fall back to XLA
+  if o is None:
+    # (B, L, N, H) layout; implementation=None is XLA's softmax(QK^T/sqrt(Dh))V.
+    o = jax.nn.dot_product_attention(q, k, v)
   return o.reshape(b, lq, d).astype(out_dtype)
+
+
+def _use_cudnn(dtype, head_dim: int) -> bool:
+  """cuDNN flash attention: GPU only, fp16/bf16 only, head size a multiple of 8 up to 128
+  (SD-1.5 heads are 40/80/160 wide: 160 falls back, as does the VAE's single 512-wide head)."""
+  return (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
+          and head_dim % 8 == 0 and head_dim <= 128)
 
 
 class Attention(nn.Module):
