@@ -14,7 +14,7 @@ GEGLU is the exact erf form, nearest upsampling indexes like `F.interpolate(mode
 Example:
   import jax, jax.numpy as jnp
   from splatshot_jax.diffusion import layers
-  blk = layers.Transformer2DModel(heads=2, head_dim=8, num_layers=1)
+  blk = layers.Transformer2DModel(heads=2, head_dim=8, num_layers=1, norm_groups=8)
   x = jnp.zeros((1, 8, 8, 16)); ctx = jnp.zeros((1, 7, 32))
   params = blk.init(jax.random.PRNGKey(0), x, ctx)["params"]
   y = blk.apply({"params": params}, x, ctx)          # (1, 8, 8, 16)
