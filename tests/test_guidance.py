@@ -2,6 +2,7 @@
 3D feedback makes independently sampled views consistent."""
 
 import dataclasses
+import types
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +10,9 @@ import numpy as np
 import pytest
 from flax import struct
 
-from splatshot_jax import guidance
+from splatshot_jax import guidance, sampler
 from splatshot_jax.diffusion import ddim
-from splatshot_jax.priors.analytic import AnalyticCond, make_analytic_prior
+from splatshot_jax.priors.analytic import AnalyticCond, make_analytic_prior, same_view_mask
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,3 +160,81 @@ def test_eps_correction_matches_finite_differences(sdi):
     _, g_x0 = guidance.discrepancy_grad(images, renders, vjp, _smooth_l1)
     corrected, _ = guidance.correct_eps(eps_tgt, g_x0, alpha, sigma, omega, weight)
     np.testing.assert_allclose(np.asarray(corrected), np.asarray(eps_expected), rtol=1e-7, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. The feedback makes views consistent (a tiny, fast version of experiments/feedback_ablation.py).
+#
+# The 3D model here is a "panorama": one (H, Wc, 3) canvas, and camera v sees the window of columns
+# [v*S, v*S + W). Neighbouring windows overlap, so a set of views is consistent iff one canvas explains them all,
+# exactly the property a 3DGS has for real cameras, but with a closed-form refit (the weighted least-squares canvas)
+# that runs in microseconds. The subjects are K canvases of different colours; the analytic prior knows each
+# view's window of each subject and nothing about the canvas. Experiments/feedback_ablation.py runs the same
+# comparison with synthetic 3D heads and the real rasterizer + Adam refit.
+
+H, W, V, S, K = 8, 8, 6, 4, 3
+WC = W + (V - 1) * S
+
+
+def _pano_render(canvas, offsets):
+  return jax.vmap(lambda o: jax.lax.dynamic_slice(canvas, (0, o, 0), (H, W, 3)))(offsets)
+
+
+def _pano_refit(canvas, offsets, images, weights, rng, num_iters):
+  """The exact minimiser of sum_v w_v ||window_v(canvas) - image_v||^2 (uncovered columns keep their value)."""
+  del rng, num_iters
+  w = weights / jnp.max(weights)
+
+  def place(img, o, wv):
+    zero = jnp.zeros((H, WC, 3))
+    return (jax.lax.dynamic_update_slice(zero, img * wv, (0, o, 0)),
+            jax.lax.dynamic_update_slice(zero, jnp.full((H, W, 3), wv), (0, o, 0)))
+
+  num, den = jax.vmap(place)(images, offsets, w)
+  num, den = num.sum(0), den.sum(0)
+  return jnp.where(den > 0, num / jnp.maximum(den, 1e-12), canvas)
+
+
+def _pano_setup():
+  colors = np.array([[0.9, 0.3, 0.2], [0.2, 0.8, 0.3], [0.25, 0.3, 0.9]])
+  x = np.linspace(0, 2 * np.pi, WC)
+  subjects = np.stack([
+      colors[k][None, None] * (0.75 + 0.25 * np.sin(x * (k + 1) + k)[None, :, None]) * np.ones((H, 1, 1))
+      for k in range(K)]).astype(np.float32)
+  offsets = jnp.arange(V) * S
+  views = np.stack([np.asarray(_pano_render(jnp.asarray(s), offsets)) for s in subjects])  # (K, V, H, W, 3)
+  sched = ddim.make_schedule(25)
+  prior = make_analytic_prior(views.reshape(K * V, H, W, 3), np.asarray(sched.alphas_cumprod))
+  cond = AnalyticCond(same_view_mask(np.tile(np.arange(V), K), np.arange(V)))  # view v: only camera v's images
+  base = jnp.asarray(subjects.mean(0))  # the template: equidistant from every subject
+  template = types.SimpleNamespace(gaussians=base, cameras=offsets, images=_pano_render(base, offsets))
+  return prior, cond, template, sched
+
+
+def _fit_psnr(views, template):
+  """PSNR between the views and the renders of the one canvas fitted to them (inf-free: MSE floored)."""
+  canvas = _pano_refit(template.gaussians, template.cameras, jnp.asarray(views), jnp.ones(V), None, 0)
+  mse = np.mean((np.asarray(_pano_render(canvas, template.cameras)) - views) ** 2)
+  return 10 * np.log10(1.0 / max(mse, 1e-10))
+
+
+def test_feedback_makes_views_consistent():
+  prior, cond, template, sched = _pano_setup()
+  scene = guidance.Scene3D(render=_pano_render, refit=_pano_refit)  # default loss: 0.8 L1 + 0.2 (1 - SSIM)
+  # w ~ D (pixel values per view): the loss is a per-pixel mean, so the x0 step is ~ w (sigma/alpha)^2 0.8 / D.
+  weight = float(H * W * 3)
+  gains = []
+  for seed in range(3):
+    psnr = {}
+    for feedback in (False, True):
+      cfg = sampler.SamplerConfig(progress=False, guidance=guidance.GuidanceConfig(
+          feedback=feedback, sdi=False, guidance_weight=weight, refit_iters_first=1, refit_iters=1))
+      res = sampler.run_splatshot(prior, template, cond, cfg, jax.random.key(seed), scene=scene, schedule=sched)
+      assert res.final_images.shape == (V, H, W, 3) and res.x0_images.shape[:2] == (13, V)
+      psnr[feedback] = _fit_psnr(res.final_images, template)
+    gains.append(psnr[True] - psnr[False])
+  # Plain runs sit at 15-18 dB here (views fall to different subjects: one switched view costs ~3 dB, and the
+  # seed-to-seed spread is ~1 dB); feedback runs measured 24-35 dB. 5 dB is several switched views' worth and
+  # well clear of the spread, yet far below the measured gains, so the test is robust to small numeric changes.
+  assert np.mean(gains) > 5.0, gains
+  assert min(gains) > 0.0, gains

@@ -1,0 +1,148 @@
+"""Writing a SplatShot run to disk: `write_outputs(result, out_dir, cameras=...)`.
+
+  out_dir/avatar.ply            the avatar (3DGS PLY, SuperSplat/3DGS layout)
+  out_dir/base.ply              the base template's Gaussians
+  out_dir/views/view_NNN.png    final views (decode of the final latents)
+  out_dir/views_grid.png        the same, tiled
+  out_dir/x0_grid.png           decoded x0 per step (rows: steps, columns: views), thumbnails
+  out_dir/renders_grid.png      renders of the refit model per step (when feedback was on)
+  out_dir/turntable.mp4         the avatar on a 360-degree orbit around the template's look-at point
+  out_dir/cameras.json          the V cameras (viewmat world-to-camera OpenCV, K, width, height)
+  out_dir/config.json           the resolved config (when given)
+  out_dir/metrics.json          per-step discrepancy / eps correction, view weights, timesteps, extra metrics
+Every file is written atomically (io.atomic), so an interrupted run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from splatshot_jax.cameras import Camera, orbit_rig
+from splatshot_jax.io import images as image_io
+from splatshot_jax.io import ply
+from splatshot_jax.io.atomic import atomic_path
+
+
+def cameras_to_json(cameras: Camera) -> dict:
+  """{"width", "height", "views": [{"viewmat": 4x4 world-to-camera (OpenCV), "K": 3x3}, ...]}."""
+  vm, K = np.asarray(cameras.viewmat), np.asarray(cameras.K)
+  return {"width": int(cameras.width), "height": int(cameras.height), "convention": "opencv world-to-camera",
+          "views": [{"viewmat": vm[i].tolist(), "K": K[i].tolist()} for i in range(vm.shape[0])]}
+
+
+def turntable_cameras(cameras: Camera, num_frames: int) -> Camera:
+  """A 360-degree orbit at the rig's mean distance around the point its optical axes pass closest to.
+
+  Up is the mean image-up direction (-y of the cameras), the start is the mean camera direction; intrinsics are
+  the first camera's.
+  """
+  vm = np.asarray(cameras.viewmat, np.float64)
+  R, t = vm[:, :3, :3], vm[:, :3, 3]
+  centers = -np.einsum("vji,vj->vi", R, t)
+  dirs = R[:, 2, :]  # optical axes in world space
+  # Least-squares point closest to all optical axes: sum (I - d d^T) (p - c) = 0.
+  proj = np.eye(3)[None] - dirs[:, :, None] * dirs[:, None, :]
+  target = np.linalg.lstsq(proj.sum(0), np.einsum("vij,vj->i", proj, centers), rcond=None)[0]
+  radius = float(np.mean(np.linalg.norm(centers - target, axis=-1)))
+  up = -R[:, 1, :].mean(0)
+  front = (centers - target).mean(0)
+  yaws = np.linspace(0.0, 360.0, num_frames, endpoint=False)
+  return orbit_rig(target, radius, yaws, [0.0], width=cameras.width, height=cameras.height,
+                   K=np.asarray(cameras.K)[0], up=up / np.linalg.norm(up), front=front)
+
+
+def _json_default(x):
+  if isinstance(x, (np.ndarray, jax.Array)):
+    return np.asarray(x).tolist()
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  return str(x)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  with atomic_path(path) as tmp:
+    Path(tmp).write_text(json.dumps(obj, indent=2, default=_json_default))
+
+
+def write_outputs(
+    result,
+    out_dir: str | os.PathLike,
+    *,
+    cameras: Camera,
+    config: Any = None,
+    extra_metrics: dict | None = None,
+    render: Callable[[Any, Camera], jax.Array] | None = None,
+    turntable_frames: int = 60,
+    turntable_fps: float = 30.0,
+    video_ext: str = ".mp4",
+) -> dict[str, Path]:
+  """Writes a `sampler.SplatShotResult` (see the module docstring for the layout).
+
+  Args:
+    result: SplatShotResult.
+    out_dir: folder (created).
+    cameras: the V cameras the run used (Camera batch).
+    config: the resolved config (ml_collections.ConfigDict or dict), written as config.json.
+    extra_metrics: merged into metrics.json (e.g. timings, PSNRs).
+    render: (gaussians, cameras) -> (F, H, W, 3) renders for the turntable; None skips the video.
+      (e.g. `guidance.gaussian_scene().render`.)
+    turntable_frames, turntable_fps: the orbit video.
+    video_ext: ".mp4" or ".gif".
+  Returns:
+    {name: path} of what was written.
+  """
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  written = {}
+
+  ply.write_gaussians(out / "avatar.ply", jax.tree.map(np.asarray, result.gaussians))
+  ply.write_gaussians(out / "base.ply", jax.tree.map(np.asarray, result.base))
+  written.update(avatar=out / "avatar.ply", base=out / "base.ply")
+
+  views = np.asarray(result.final_images)
+  for i, im in enumerate(views):
+    image_io.save_image(out / "views" / f"view_{i:03d}.png", im)
+  labels = [f"{i} w={w:.2f}" for i, w in enumerate(np.asarray(result.view_weights))]
+  image_io.save_grid(list(views), out / "views_grid.png", labels=labels)
+  written.update(views=out / "views", views_grid=out / "views_grid.png")
+
+  steps, num_views = result.x0_images.shape[:2]
+  step_labels = [f"t={int(result.timesteps[s])}" if v == 0 else "" for s in range(steps) for v in range(num_views)]
+  image_io.save_grid(list(result.x0_images.reshape((-1,) + result.x0_images.shape[2:])), out / "x0_grid.png",
+                     ncols=num_views, labels=step_labels)
+  written["x0_grid"] = out / "x0_grid.png"
+  if np.any(result.renders):
+    image_io.save_grid(list(result.renders.reshape((-1,) + result.renders.shape[2:])), out / "renders_grid.png",
+                       ncols=num_views, labels=step_labels)
+    written["renders_grid"] = out / "renders_grid.png"
+
+  if render is not None and turntable_frames > 0:
+    orbit = turntable_cameras(cameras, turntable_frames)
+    frames = np.asarray(jax.jit(render)(result.gaussians, orbit))
+    image_io.save_video(np.clip(frames, 0, 1), out / f"turntable{video_ext}", fps=turntable_fps)
+    written["turntable"] = out / f"turntable{video_ext}"
+
+  write_json(out / "cameras.json", cameras_to_json(cameras))
+  written["cameras"] = out / "cameras.json"
+  if config is not None:
+    cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    write_json(out / "config.json", cfg)
+    written["config"] = out / "config.json"
+  m = {
+      "timesteps": result.timesteps,
+      "discrepancy_per_step": result.discrepancy,
+      "eps_correction_rms_per_step": result.eps_correction,
+      "final_view_weights": result.view_weights,
+      "num_gaussians": int(np.asarray(result.gaussians.means).shape[0]) if hasattr(result.gaussians, "means") else None,
+  }
+  m.update(extra_metrics or {})
+  write_json(out / "metrics.json", m)
+  written["metrics"] = out / "metrics.json"
+  return written
