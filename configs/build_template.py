@@ -1,0 +1,72 @@
+"""Build a base template (Gaussians, rig, renders, landmark heatmaps, parsing maps) from a multi-view set.
+
+  python -m experiments.run --config=configs/build_template.py \
+      --config.data=../shared/data/multiview/nersemble-128-16views
+
+`--config=configs/build_template.py:smoke` is the same job, tiny (the synthetic head, no data needed).
+With `config.data=''` the template is the synthetic head's ground truth (no fit, no detector).
+`:333` sets the rig and held-out views for nersemble-333-48views (its own 48 cameras).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.job = "build_template"
+  config.data = ""  # a multiview folder (SplatShot npz / transforms.json / COLMAP); '' = synthetic head
+  config.name = ""  # template name; '' = the data folder's name
+  config.scale = 0.5  # image resolution factor of the fit and of the template
+  config.holdout = (8,)  # held-out view indices (NeRSemble camera 8 is the frontal, val view)
+  config.background = ()  # RGB of the images' background; () = black or white from the image corners
+  # 'own' (the set's cameras), 'paper48' (16 real + 32 interpolated), 'auto' (own for >= 48 views).
+  config.rig = "auto"
+  config.seed = 0
+  config.out_dir = "outputs/build_template"
+  config.preview_views = 8
+
+  config.init = ml_collections.ConfigDict()
+  config.init.sh_degree = 3
+  config.init.opacity = 0.1
+  config.init.hull_points = 20_000  # used when the set has no points3d.ply
+
+  config.fit = ml_collections.ConfigDict()  # same fields as configs/fit_multiview.py's
+  config.fit.num_iters = 7000
+  config.fit.sh_degree_interval = 1000
+  config.fit.densify = True
+  config.fit.refine_start_iter = 500
+  config.fit.refine_stop_iter = 5000
+  config.fit.refine_every = 100
+  config.fit.reset_every = 3000
+  config.fit.max_gaussians = 200_000
+
+  config.template = ml_collections.ConfigDict()
+  config.template.background = (0.0, 0.0, 0.0)  # the official template renders are on black
+  config.template.drop_jaw = False  # openpose face keypoints include the jaw; the official maps do not
+  config.template.detector = "hog"
+  config.template.min_face_px = 40.0
+  config.template.lift_iters = 300
+  config.template.lift_lr = 0.1
+  config.template.lift_views_per_iter = 2
+  config.template.render_chunk = 4
+  config.template.seed = 0
+
+  config.synthetic = ml_collections.ConfigDict()  # used when data == ''
+  config.synthetic.num_gaussians = 3000
+  config.synthetic.size = 128
+
+  if arg == "333":
+    config.rig = "own"
+    config.holdout = (8, 24, 40)  # the frontal real camera and two interpolated views
+  elif arg == "smoke":
+    config.scale = 0.125
+    config.synthetic.num_gaussians = 800
+    config.synthetic.size = 48
+    config.fit.num_iters = 60
+    config.fit.refine_start_iter = 20
+    config.fit.refine_every = 20
+    config.fit.refine_stop_iter = 50
+    config.fit.sh_degree_interval = 20
+    config.template.lift_iters = 20
+    config.preview_views = 4
+  return config
