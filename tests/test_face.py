@@ -142,8 +142,8 @@ def test_warp_affine_matches_reference(border):
   th, s = rng.uniform(-0.5, 0.5), rng.uniform(0.8, 1.6)  # magnifying: no box prefilter
   m = np.array([[s * np.cos(th), -s * np.sin(th), rng.uniform(-4, 4)],
                 [s * np.sin(th), s * np.cos(th), rng.uniform(-4, 4)]])
-  out, valid = align.warp_affine(img, m, (15, 19), border=border, fill=0.25)
-  np.testing.assert_allclose(out, _warp_reference(img, m, (15, 19), border, 0.25), atol=1e-5)
+  out, valid = align.warp_affine(img, m, (30, 36), border=border, fill=0.25)
+  np.testing.assert_allclose(out, _warp_reference(img, m, (30, 36), border, 0.25), atol=1e-5)
   assert valid.any() and not valid.all()
 
 
@@ -222,7 +222,9 @@ def test_triangulation_robust_to_outliers_and_missing_views():
   res = landmarks3d.triangulate_landmarks(obs, detected, vm, K, inlier_px=4.0)
   assert res.valid.all()
   assert not res.views_used[[2, 5, 7]].any() and res.views_used.sum() == V - 3
-  np.testing.assert_allclose(res.points, X, atol=2e-3)  # noise 0.5 px ~ 0.1 mm at this range
+  # 0.5 px noise gives ~1 mm depth error on random rigs; a single unrejected outlier view, centimetres.
+  err = np.linalg.norm(res.points - X, axis=-1)
+  assert np.median(err) < 1.5e-3 and err.max() < 6e-3
   assert res.median_reproj_error("inliers") < 1.0
   uv_j = landmarks3d.project_landmarks(res.points, C.Camera(jnp.asarray(vm, jnp.float32),
                                                             jnp.asarray(K, jnp.float32), 300, 400))
