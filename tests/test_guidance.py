@@ -162,6 +162,26 @@ def test_eps_correction_matches_finite_differences(sdi):
     np.testing.assert_allclose(np.asarray(corrected), np.asarray(eps_expected), rtol=1e-7, atol=1e-9)
 
 
+def test_self_recurrence_repeats_the_step_at_the_same_t():
+  rng = np.random.default_rng(2)
+  prior = _toy_prior(rng)
+  sched = ddim.make_schedule(25)
+  z = jnp.asarray(rng.normal(size=(2, 3, 3, 2)), jnp.float32)
+  state = guidance.SplatShotState(z=z, eps_gt=jnp.zeros_like(z), model=jnp.full((2, 6, 6, 3), 0.5),
+                                  rng=jax.random.key(0))
+  kw = dict(prior=prior, schedule=sched, cameras=None, cond_photo=jnp.asarray([0.3, -0.2]),
+            scene=_stack_scene())
+  once, _ = guidance.splatshot_step(state, jnp.int32(481), **kw, cfg=guidance.GuidanceConfig(sdi=False,
+                                    guidance_weight=3.0))
+  twice, aux = guidance.splatshot_step(state, jnp.int32(481), **kw, cfg=guidance.GuidanceConfig(
+      sdi=False, guidance_weight=3.0, self_recurrence=2))
+  # Round 2 starts from re-noised x0 with fresh noise: a different z_{t'}, still finite, and the model was
+  # refit twice (the stand-in refit halves the distance to the targets each time).
+  assert np.isfinite(np.asarray(twice.z)).all() and not np.allclose(np.asarray(twice.z), np.asarray(once.z))
+  assert not np.allclose(np.asarray(twice.model), np.asarray(once.model))
+  assert aux.x0_images.shape == (2, 6, 6, 3)
+
+
 # ----------------------------------------------------------------------------------------------
 # 3. The feedback makes views consistent (a tiny, fast version of experiments/feedback_ablation.py).
 #
