@@ -15,6 +15,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.job = "build_template"
   config.data = ""  # a multiview folder (SplatShot npz / transforms.json / COLMAP); '' = synthetic head
+  config.gaussians = ""  # a fitted 3DGS .ply (e.g. an earlier run's fit.ply): skip the fit
   config.name = ""  # template name; '' = the data folder's name
   config.scale = 0.5  # image resolution factor of the fit and of the template
   config.holdout = (8,)  # held-out view indices (NeRSemble camera 8 is the frontal, val view)

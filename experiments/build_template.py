@@ -5,7 +5,8 @@
 Writes to config.out_dir: the template folder (`template/`, see splatshot_jax.templates), a preview grid
 (`preview.png`: renders | heatmaps | parsing), `metrics.json` (held-out PSNR/SSIM, landmark
 reprojection error, held-out parsing agreement where the set has parsing maps, timings) and the
-resolved `config.json`.
+resolved `config.json`. The fitted Gaussians are saved as `fit.ply` as soon as the fit ends;
+`--config.gaussians=OUT/fit.ply` rebuilds the controls from them without refitting.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from splatshot_jax import templates
 from splatshot_jax.face import controls
-from splatshot_jax.io import atomic, images as image_io
+from splatshot_jax.io import atomic, images as image_io, ply
 
 
 def template_config(section) -> templates.TemplateConfig:
@@ -61,13 +62,19 @@ def run(config) -> dict:
     print(f"{len(scene.train)} train / {len(scene.test_index)} held-out views at "
           f"{scene.train.cameras.width}x{scene.train.cameras.height}, background {background}; "
           f"init: {len(scene.points)} points from {scene.source}")
-    with tqdm(total=config.fit.num_iters, desc="fit", unit="it") as bar:
-      def progress(n, stats):
-        bar.update(n)
-        bar.set_postfix(num=stats["num"], loss=f"{stats['loss']:.4f}")
-      g, results["fit"] = templates.fit_scene(scene.train, scene.points, scene.colors, fit=config.fit,
-                                              init=config.init, background=background, seed=config.seed,
-                                              progress=progress)
+    if config.gaussians:
+      # A fit saved by an earlier run (fit.ply): rebuild the controls without refitting.
+      g = ply.read_gaussians(config.gaussians)
+      results["fit"] = {"from": str(config.gaussians), "num_gaussians": int(g.num)}
+    else:
+      with tqdm(total=config.fit.num_iters, desc="fit", unit="it") as bar:
+        def progress(n, stats):
+          bar.update(n)
+          bar.set_postfix(num=stats["num"], loss=f"{stats['loss']:.4f}")
+        g, results["fit"] = templates.fit_scene(scene.train, scene.points, scene.colors, fit=config.fit,
+                                                init=config.init, background=background, seed=config.seed,
+                                                progress=progress)
+      ply.write_gaussians(out_dir / "fit.ply", g)
     results["source"] = scene.source
     results["train"], _ = templates.evaluate_views(g, scene.train, background)
     scalars = {"train_psnr": results["train"]["psnr"]}

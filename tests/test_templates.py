@@ -128,7 +128,7 @@ def test_paper48_rig():
 def test_label_lifting_recovers_parts():
   scene = synthetic.make_head_scene(1200, 16, width=40, height=40)
   classes = T.synthetic_class_labels(scene.gaussians, scene.labels)
-  truth = T.render_labels(scene.gaussians, scene.cameras, jax.nn.one_hot(classes, T.NUM_CLASSES), chunk=8)
+  truth = T.render_labels(scene.gaussians, scene.cameras, jax.nn.one_hot(classes, T.NUM_CLASSES), chunk=4)
   held = np.array([2, 5, 10, 13])
   train = np.setdiff1d(np.arange(16), held)
   logits, losses = T.lift_labels(scene.gaussians, scene.cameras[jnp.asarray(train)], jnp.asarray(truth[train]),
@@ -139,6 +139,7 @@ def test_label_lifting_recovers_parts():
   acc = float((pred == truth[held])[fg].mean())
   # Labels are lifted onto the very Gaussians that rendered them, so only pixels mixing two parts can
   # disagree: at 40 px a part boundary is a ~1 px band around eyes / lips / hairline, ~5% of the head.
+  print(f"held-out pixel accuracy {acc:.3f}")
   assert acc > 0.9, acc
   # Small parts survive too (the eyes and lips are a few percent of the head).
   for name in ("l_eye", "r_eye", "hair", "neck"):
@@ -160,11 +161,12 @@ def test_synthetic_template_end_to_end(tmp_path):
   v = t.info.frontal_view
   uv = np.asarray(C.project_points(t.cameras[v], t.landmarks3d)[0])
   lab = t.labels[v]
-  at = lambda p: lab[int(p[1]), int(p[0])]
-  assert at(uv[36:42].mean(0)) == controls.CLASS["r_eye"] and at(uv[42:48].mean(0)) == controls.CLASS["l_eye"]
+  # At 48 px an eye is ~3 px wide, so look within 1 px of the projected point.
+  near = lambda p: set(lab[int(p[1]) - 1:int(p[1]) + 2, int(p[0]) - 1:int(p[0]) + 2].ravel())
+  assert controls.CLASS["r_eye"] in near(uv[36:42].mean(0)) and controls.CLASS["l_eye"] in near(uv[42:48].mean(0))
   assert uv[36:42, 0].mean() < uv[42:48, 0].mean()
-  assert at(uv[[51, 57]].mean(0)) in (controls.CLASS["u_lip"], controls.CLASS["l_lip"])
-  assert at(uv[30]) == controls.CLASS["nose"]
+  assert near(uv[[51, 57]].mean(0)) & {controls.CLASS["u_lip"], controls.CLASS["l_lip"]}
+  assert controls.CLASS["nose"] in near(uv[30])
   # Heatmap blobs peak where the landmarks project.
   heat = np.asarray(t.heatmaps[v, ..., 0])
   assert heat[int(uv[30, 1]), int(uv[30, 0])] > 100
