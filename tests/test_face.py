@@ -44,6 +44,25 @@ def test_analyze_photo_landmarks():
   assert a.landmarks68[30, 1] > right_eye[1] and a.landmarks68[8, 1] > a.landmarks68[57, 1]
 
 
+@needs_celeba
+@pytest.mark.parametrize("kind", ["grayscale", "exif_rotated"])
+def test_photo_files_through_the_loader(tmp_path, kind):
+  img = _photo(5)[::2, ::2]
+  ref = detect.analyze_photo(img if kind != "grayscale" else np.asarray(Image.fromarray(img).convert("L")))
+  path = tmp_path / "photo.jpg"
+  if kind == "grayscale":
+    Image.fromarray(img).convert("L").save(path, quality=98)
+  else:
+    # Stored sideways with EXIF orientation 6 (display = rotate 90 deg clockwise), as phones do.
+    im = Image.fromarray(np.ascontiguousarray(np.rot90(img, 1)))
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(path, quality=98, exif=exif)
+  a = detect.analyze_photo(path)
+  assert a.image_hw == img.shape[:2]
+  assert np.median(np.linalg.norm(a.landmarks68 - ref.landmarks68, axis=-1)) < 3.0
+
+
 def test_no_face_blank_image():
   with pytest.raises(detect.NoFaceError, match="no face found"):
     detect.analyze_photo(np.full((200, 300, 3), 128, np.uint8))
@@ -188,6 +207,8 @@ def test_identity_distance_mirror_and_different_people():
   assert mirror < 0.35
   for i, j in ((0, 1), (0, 2), (1, 2)):
     assert identity.embedding_distance(embs[i], embs[j]) >= 0.5
+  # 00012 and 00013 are two photos of the same celebrity.
+  assert identity.identity_distance(_photo(12), _photo(13)) < 0.45
 
 
 # ----------------------------------------------------------------------------- 3D landmarks
