@@ -3,10 +3,11 @@
 A template's landmark heatmaps must agree across views, so the 68 landmarks are detected per view,
 triangulated once in 3D and re-projected into every view (including views where 2D detection failed).
 
-Triangulation is robust per landmark: RANSAC over all pairs of views where the face was detected
-(two-view DLT hypotheses scored by truncated squared reprojection error, i.e. MSAC), then a weighted DLT
-on the inliers and Gauss-Newton on the reprojection error. Views where detection failed, or where a
-landmark is off (e.g. self-occluded jaw points, which dlib still places), are excluded per point.
+Triangulation is robust per landmark: RANSAC over pairs of views where the face was detected (up to
+400 two-view DLT hypotheses scored by truncated squared reprojection error, i.e. MSAC), then a weighted
+DLT on the inliers and Gauss-Newton on the reprojection error. Views where detection failed, or where
+a landmark is off (e.g. self-occluded jaw points, which dlib still places), are excluded per point;
+views whose detection mostly disagrees with the consensus are rejected as failed detections.
 The numerics are numpy float64 (data-dependent inlier sets, done once per template);
 `project_landmarks` is jax so that it batches over cameras.
 """
