@@ -4,7 +4,6 @@ slow references; the rest on the shared photos and the 333 template views (skipp
 
 import colorsys
 import os
-import warnings
 from pathlib import Path
 
 import jax.numpy as jnp
