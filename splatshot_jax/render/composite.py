@@ -157,10 +157,11 @@ def _forward(cfg, gauss_ids, tile_start, tile_count, means2d, conics, opacities,
       stop = T_incl < T_MIN  # monotone in k, so ~stop is a prefix
       contrib = ~stop & ~done[..., None]
       # For a contributing entry every earlier entry in the chunk contributes too, so its T is
-      # the inclusive product divided by its own factor.
-      w = jnp.where(contrib, a * T[..., None] * jnp.exp(cum - L), 0)
-      acc = acc + jnp.einsum("bpk,bkc->bpc", w, e.feat)
-      T = T * jnp.exp(jnp.sum(jnp.where(contrib, L, 0), -1))
+      # the inclusive product divided by its own factor (1 − α ≥ 0.01).
+      w = jnp.where(contrib, a * T_incl / (1 - a), 0)
+      # Broadcast-and-sum, not einsum: XLA:CPU runs this tiny-C batched dot slower than a fusion.
+      acc = acc + jnp.sum(w[..., None] * e.feat[:, None], 2)
+      T = jnp.min(jnp.where(contrib, T_incl, T[..., None]), -1)  # T_incl is monotone in k
       newly = ~done & jnp.any(stop, -1)
       stop_pos = jnp.where(newly, k * K + jnp.sum(~stop, -1, dtype=jnp.int32), stop_pos)
       return k + 1, T, acc, done | newly, stop_pos
@@ -233,7 +234,7 @@ def _composite_bwd(cfg, res, cts):
       L = jnp.log1p(-a)
       T_k = T[..., None] * jnp.exp(-(L @ tri_lower))  # T before entry k = T_after / Π_{j≥k}(1−αⱼ)
       w = a * T_k
-      gc = jnp.einsum("bpc,bkc->bpk", g_feat, e.feat)  # ⟨∂L/∂C, fₖ⟩ per pixel
+      gc = jnp.sum(g_feat[:, :, None] * e.feat[:, None], -1)  # ⟨∂L/∂C, fₖ⟩ per pixel
       wgc = w * gc
       gS_k = gS[..., None] + wgc @ tri_strict_lower  # ⟨∂L/∂C, Σ_{j>k} fⱼαⱼTⱼ⟩
       dA = jnp.where(ok, gc * T_k - (gS_k + g_T_term[..., None]) / (1 - a), 0)

@@ -1,0 +1,175 @@
+"""Rasterizer benchmark: forward and forward+backward wall time, tile renderer vs dense reference.
+
+  JAX_PLATFORMS=cpu python -m experiments.bench_render                    # full table, appends docs
+  JAX_PLATFORMS=cpu python -m experiments.bench_render --sizes 10000 --res 256 --no-append
+
+Scene: a head-like random shell (ellipsoid surface ± noise, surface-sized Gaussians, mixed
+opacities) filling most of the frame of a camera 0.6 m away. Timings are medians over repeats
+after one warm-up call (compilation excluded and reported separately).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from splatshot_jax.cameras import Camera
+from splatshot_jax.gaussians import Gaussians
+from splatshot_jax.render import check_overflow, render, render_dense
+
+DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md")
+
+
+def head_scene(n: int, seed: int = 0) -> Gaussians:
+  """n Gaussians on a noisy head-sized ellipsoid shell (metres), SH degree 3."""
+  rng = np.random.default_rng(seed)
+  d = rng.normal(size=(n, 3))
+  d /= np.linalg.norm(d, axis=-1, keepdims=True)
+  radii = np.array([0.08, 0.11, 0.10])
+  means = d * radii * (1 + 0.05 * rng.normal(size=(n, 1)))
+  area = 4 * np.pi * 0.1**2
+  sigma = 0.6 * np.sqrt(area / n)  # neighbouring splats overlap, as in a fitted surface
+  log_scales = np.log(sigma) + 0.5 * rng.normal(size=(n, 3))
+  log_scales[:, 2] -= 1.0  # flattish, like surface splats
+  return Gaussians(
+      means=jnp.asarray(means, jnp.float32),
+      log_scales=jnp.asarray(log_scales, jnp.float32),
+      quats=jnp.asarray(rng.normal(size=(n, 4)), jnp.float32),
+      opacity_logits=jnp.asarray(rng.normal(size=(n,)) * 2.0 + 1.0, jnp.float32),
+      sh=jnp.asarray(rng.normal(size=(n, 16, 3)) * 0.2, jnp.float32),
+  )
+
+
+def front_camera(res: int) -> Camera:
+  viewmat = np.eye(4, dtype=np.float32)
+  viewmat[2, 3] = 0.6
+  f = res / (2 * np.tan(np.deg2rad(30) / 2))  # 30° field of view, the head fills ~75% of it
+  K = np.array([[f, 0, res / 2], [0, f, res / 2], [0, 0, 1]], np.float32)
+  return Camera(jnp.asarray(viewmat), jnp.asarray(K), res, res)
+
+
+def _time(fn, args, repeats):
+  """(median wall s, median process-CPU s, first-call wall s incl. compile).
+
+  Process CPU time is reported beside wall time because the benchmark machine is shared: wall
+  time inflates with other jobs' load, CPU time (summed over threads) much less.
+  """
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  first = time.perf_counter() - t0
+  walls, cpus = [], []
+  for _ in range(repeats):
+    t0, c0 = time.perf_counter(), time.process_time()
+    jax.block_until_ready(fn(*args))
+    walls.append(time.perf_counter() - t0)
+    cpus.append(time.process_time() - c0)
+  return statistics.median(walls), statistics.median(cpus), first
+
+
+def bench_one(n, res, repeats, dense_max, kw):
+  g = head_scene(n)
+  cam = front_camera(res)
+  w = jnp.asarray(np.random.default_rng(1).normal(size=(res, res, 3)), jnp.float32)
+  fwd = jax.jit(lambda g: render(g, cam, **kw).rgb)
+  loss = lambda g: jnp.sum(render(g, cam, **kw).rgb * w)
+  fwdbwd = jax.jit(jax.value_and_grad(loss))
+  out = render(g, cam, **kw)
+  check_overflow(out)
+  pairs = int(out.overflow.num_pairs)
+  longest = int(out.overflow.max_tile_entries)
+  row = dict(n=n, res=res, pairs=pairs, longest=longest)
+  row["fwd"], row["fwd_cpu"], row["fwd_first"] = _time(fwd, (g,), repeats)
+  row["fwdbwd"], row["fwdbwd_cpu"], row["fwdbwd_first"] = _time(fwdbwd, (g,), repeats)
+  if n * res * res <= dense_max:
+    dfwd = jax.jit(lambda g: render_dense(g, cam)["rgb"])
+    dbwd = jax.jit(jax.value_and_grad(lambda g: jnp.sum(render_dense(g, cam)["rgb"] * w)))
+    row["dense_fwd"], _, _ = _time(dfwd, (g,), max(1, repeats // 2))
+    row["dense_fwdbwd"], _, _ = _time(dbwd, (g,), max(1, repeats // 2))
+  return row
+
+
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def append_section(path: str, heading: str, block: str) -> None:
+  """Appends `block` at the end of the `heading` section of a markdown file (created if absent).
+
+  Other engineers own other sections of docs/benchmarks.md: insert before the next "## " heading.
+  """
+  text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+  if heading not in text:
+    text = text.rstrip("\n") + f"\n\n{heading}\n"
+  start = text.index(heading) + len(heading)
+  nxt = text.find("\n## ", start)
+  end = len(text) if nxt < 0 else nxt + 1
+  text = text[:end].rstrip("\n") + "\n" + block + ("\n" + text[end:] if nxt >= 0 else "")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    f.write(text)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser()
+  p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 100_000])
+  p.add_argument("--res", type=int, nargs="+", default=[256, 512])
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--dense-max", type=float, default=2_000 * 128 * 128,
+                 help="run the dense baseline when N·H·W ≤ this (its memory is O(N·H·W))")
+  p.add_argument("--baseline", type=int, nargs=2, default=[2_000, 128], metavar=("N", "RES"),
+                 help="an extra small row where the dense renderer fits in memory")
+  p.add_argument("--tile-size", type=int, default=16)
+  p.add_argument("--chunk", type=int, default=32)
+  p.add_argument("--tiles-per-step", type=int, default=8)
+  p.add_argument("--no-append", action="store_true")
+  args = p.parse_args(argv)
+  kw = dict(tile_size=args.tile_size, chunk=args.chunk, tiles_per_step=args.tiles_per_step)
+
+  header = ("| N | res | pairs | longest tile | fwd s (cpu s) | fwd+bwd s (cpu s) "
+            "| compile fwd / fwd+bwd s | dense fwd s | dense fwd+bwd s |")
+  lines = [header, "|" + "---|" * 9]
+  print(header, flush=True)
+  rows = [tuple(args.baseline)] + [(n, res) for res in args.res for n in args.sizes]
+  for n, res in rows:
+    r = bench_one(n, res, args.repeats, args.dense_max, kw)
+    fmt = lambda k: f"{r[k]:.3f}" if k in r else "–"
+    line = (f"| {n} | {res}² | {r['pairs']} | {r['longest']} | {fmt('fwd')} ({fmt('fwd_cpu')}) | "
+            f"{fmt('fwdbwd')} ({fmt('fwdbwd_cpu')}) | "
+            f"{r['fwd_first'] - r['fwd']:.1f} / {r['fwdbwd_first'] - r['fwdbwd']:.1f} | "
+            f"{fmt('dense_fwd')} | {fmt('dense_fwdbwd')} |")
+    lines.append(line)
+    print(line, flush=True)
+
+  if args.no_append:
+    return
+  cmd = "JAX_PLATFORMS=cpu python -m experiments.bench_render " + " ".join(sys.argv[1:] if argv is None else argv)
+  date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+  dev = jax.devices()[0]
+  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+  machine = (f"{cpu_model()}, {os.cpu_count()} cores visible, shared with other jobs (load "
+             f"average {load:.1f} at the end), jax {jax.__version__} on {dev.platform}")
+  text = [f"\n### Rasterizer — {date}\n", f"Command: `{cmd.strip()}`  ", f"Machine: {machine}  ",
+          f"Settings: tile {args.tile_size}, chunk {args.chunk}, tiles_per_step {args.tiles_per_step}, "
+          f"median of {args.repeats} after warm-up; times in seconds.\n", *lines, ""]
+  append_section(DOCS, "## Rasterizer", "\n".join(text) + "\n")
+  print(f"appended to {os.path.normpath(DOCS)}")
+
+
+if __name__ == "__main__":
+  main()
