@@ -92,7 +92,8 @@ def make_setup(setup: AblationSetup, diffusion_schedule: ddim.DDIMSchedule):
   heldout_images = np.stack([render_all(s, heldout) for s in subjects])
   template_images = render_all(base, cams)
   k, v = images.shape[:2]
-  prior = make_analytic_prior(images.reshape((k * v,) + images.shape[2:]), np.asarray(diffusion_schedule.alphas_cumprod))
+  prior = make_analytic_prior(images.reshape((k * v,) + images.shape[2:]),
+                              np.asarray(diffusion_schedule.alphas_cumprod))
   # Member i = subject i // V at camera i % V; each view may only come from its own camera.
   cond = AnalyticCond(same_view_mask(np.tile(np.arange(v), k), np.arange(v)))
   template = types.SimpleNamespace(gaussians=base, cameras=cams, images=template_images)
