@@ -1,7 +1,6 @@
 """SplatShot with Stable Diffusion 1.5 (+ openpose/seg ControlNets, IP-Adapter-Plus-Face): photo -> 3DGS avatar.
 
-  python -m experiments.run --config=configs/splatshot_sd15.py \
-      --config.photo=photo.jpg --config.weights=/path/to/weights
+  python -m experiments.run --config=configs/splatshot_sd15.py --config.photo=photo.jpg --config.weights=DIR
   python -m experiments.run --config=configs/splatshot_sd15.py:smoke     # install check: tiny random weights, CPU
 
 Defaults are the paper's (official code, `../shared/reference/splatshot-official.md`): 48 template views, 25 DDIM
