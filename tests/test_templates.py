@@ -138,9 +138,10 @@ def test_label_lifting_recovers_parts():
   fg = (pred != 0) | (truth[held] != 0)
   acc = float((pred == truth[held])[fg].mean())
   # Labels are lifted onto the very Gaussians that rendered them, so only pixels mixing two parts can
-  # disagree: at 40 px a part boundary is a ~1 px band around eyes / lips / hairline, ~5% of the head.
+  # disagree: at 40 px a part boundary is a ~1 px band around eyes / lips / hairline, ~5% of the head
+  # pixels, of which about half go either way (measured 0.986).
   print(f"held-out pixel accuracy {acc:.3f}")
-  assert acc > 0.9, acc
+  assert acc > 0.95, acc
   # Small parts survive too (the eyes and lips are a few percent of the head).
   for name in ("l_eye", "r_eye", "hair", "neck"):
     k = controls.CLASS[name]
