@@ -21,7 +21,7 @@ def get_config(arg=None):
   config.photo = ""
   config.weights = ""  # folder with the diffusers-format SD-1.5, VAE, ControlNets, IP-Adapter and image encoder
   config.template = "../shared/data/multiview/nersemble-333-48views"
-  config.template_ply = ""  # the template's 3DGS (.ply); "" -> <template>/base.ply
+  config.template_ply = ""  # the template's 3DGS (.ply); "" -> <template>/gaussians.ply (templates.py layout)
   config.num_views = 48  # views 0-15 real NeRSemble cameras (8 frontal), 16-47 interpolated
   config.out_dir = "outputs/splatshot"
 

@@ -125,7 +125,7 @@ def write_outputs(
 
   if render is not None and turntable_frames > 0:
     orbit = turntable_cameras(cameras, turntable_frames)
-    frames = np.asarray(jax.jit(render)(result.gaussians, orbit))
+    frames = np.asarray(render(result.gaussians, orbit))  # the rasterizer is jitted inside
     image_io.save_video(np.clip(frames, 0, 1), out / f"turntable{video_ext}", fps=turntable_fps)
     written["turntable"] = out / f"turntable{video_ext}"
 

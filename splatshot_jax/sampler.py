@@ -10,7 +10,6 @@ first step refits longer) so that progress can be shown and per-step x0 images k
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import jax
@@ -114,11 +113,6 @@ def _thumbnail(images: jax.Array, size: int) -> np.ndarray:
   return np.round(x * 255.0).astype(np.uint8)
 
 
-@functools.partial(jax.jit, static_argnames=("scene", "temperature"))
-def _final_weights(model, cameras, images, *, scene, temperature):
-  return guidance.confidence_weights(scene.render(model, cameras), images, temperature)
-
-
 @jax.jit
 def _decode(prior, z):
   return jnp.clip(prior.decode(z), 0.0, 1.0)
@@ -193,8 +187,9 @@ def run_splatshot(
 
   final = _decode(prior, state.z)
   if scene is not None:
-    weights = _final_weights(state.model, template.cameras, final, scene=scene,
-                             temperature=gcfg.confidence_temperature)
+    # Eager on purpose: scene.render's own jit cache is shared with the template renders (no extra compile).
+    weights = guidance.confidence_weights(scene.render(state.model, template.cameras), final,
+                                          gcfg.confidence_temperature)
   else:
     weights = jnp.full((final.shape[0],), 1.0 / final.shape[0])
   return SplatShotResult(
