@@ -294,3 +294,17 @@ def test_end_to_end_tiny_run_writes_outputs(tmp_path):
   assert len(list((tmp_path / "run" / "views").glob("view_*.png"))) == 2
   from splatshot_jax.io import ply
   assert ply.read_gaussians(written["avatar"]).means.shape == (120, 3)
+
+
+def test_paper_schedule_and_config_parsing():
+  import ml_collections
+  sched = ddim.make_schedule(25)
+  ts = sampler.sampler_timesteps(sched, 0.5, "official")  # the released loop: index int(25 * 0.5) = 12 onwards
+  assert len(ts) == 13 and ts[0] == 481 and ts[-1] == 1
+  assert len(sampler.sampler_timesteps(sched, 0.5, "diffusers")) == 12
+  from configs import splatshot_sd15
+  cfg = sampler.sampler_config(splatshot_sd15.get_config())
+  assert cfg.guidance == guidance.GuidanceConfig() and cfg.num_inference_steps == 25 and cfg.strength == 0.5
+  bad = ml_collections.ConfigDict({"guidance": {"guidance_weigth": 1.0}})
+  with pytest.raises(ValueError, match="guidance_weigth"):
+    sampler.sampler_config(bad)
