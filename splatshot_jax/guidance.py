@@ -15,9 +15,10 @@ else in the package serves it. One call advances V views by one DDIM timestep t 
      z' = DDIM(z, eps, t -> t')                                  `ddim_step` (eta 0)
   7. self-recurrence (R > 1): z <- alpha x0_corrected + sigma n, fresh n, repeat 1-6 at the same t.
 
-All views at once, under one `jax.jit` (no per-view Python loop, no host round-trip). The prior is anything with
-`eps`, `encode`, `decode` (`splatshot_jax.priors.Prior`); the 3D model is a `Scene3D`: a render and a refit
-function, so the same step runs with 3D Gaussians (`gaussian_scene`) or a stand-in in tests.
+All views at once, under one `jax.jit` (no per-view Python loop, no host round-trip); memory is bounded by the
+prior's own view chunking (`SDSpec.view_chunk` for eps, `decode_chunk` for decode and its VJP). The prior is
+anything with `eps`, `encode`, `decode` (`splatshot_jax.priors.Prior`); the 3D model is a `Scene3D`: a render and
+a refit function, so the same step runs with 3D Gaussians (`gaussian_scene`) or a stand-in in tests.
 """
 
 from __future__ import annotations
