@@ -254,8 +254,9 @@ def test_feedback_makes_views_consistent():
       psnr[feedback] = _fit_psnr(res.final_images, template)
     gains.append(psnr[True] - psnr[False])
   # Plain runs sit at 15-18 dB here (views fall to different subjects: one switched view costs ~3 dB, and the
-  # seed-to-seed spread is ~1 dB); feedback runs measured 24-35 dB (gains +8.7, +17.1, +9.6 dB). 5 dB is several switched views' worth and
-  # well clear of the spread, yet far below the measured gains, so the test is robust to small numeric changes.
+  # seed-to-seed spread is ~1 dB); feedback runs measured 24-35 dB (gains +8.7, +17.1, +9.6 dB). 5 dB is several
+  # switched views' worth and well clear of the spread, yet far below the measured gains, so the test is robust
+  # to small numeric changes.
   assert np.mean(gains) > 5.0, gains
   assert min(gains) > 0.0, gains
 
