@@ -33,6 +33,12 @@ def get_config(arg=None):
   config.sd.controlnet_scales = (0.2, 0.6)  # (openpose landmark heatmap, face-parsing seg)
   config.sd.ip_adapter_scale = 0.8
   config.sd.dtype = "bfloat16"  # official: fp16 on an A100
+  # Checkpoints, relative to config.weights (or absolute); see splatshot_jax/pipeline.py.
+  config.sd.base = "stable-diffusion-v1-5"
+  config.sd.vae = "sd-vae-ft-mse"  # "" = the pipeline's own VAE
+  config.sd.controlnets = ("control_v11p_sd15_openpose", "control_v11p_sd15_seg")
+  config.sd.ip_adapter = "IP-Adapter/models/ip-adapter-plus-face_sd15.bin"
+  config.sd.image_encoder = "IP-Adapter/models/image_encoder"
   config.sd.view_chunk = 8  # views per UNet call (memory/speed trade-off, no effect on results)
   config.sd.decode_chunk = 4  # views per VAE decode / decode-VJP call
 
@@ -65,6 +71,12 @@ def get_config(arg=None):
   config.refit.lr_shN = 2.5e-3 / 20
   config.refit.background = (0.0, 0.0, 0.0)  # official: black
 
+  # config.template = "synthetic": the project's own head (install check; no data needed).
+  config.synthetic = ml_collections.ConfigDict()
+  config.synthetic.num_gaussians = 3000
+  config.synthetic.size = 128
+  config.synthetic.rig = "paper48"  # 16 cameras + 32 interpolated, like the paper's 48 views
+
   # Outputs.
   config.outputs = ml_collections.ConfigDict()
   config.outputs.turntable_frames = 60
@@ -76,13 +88,16 @@ def get_config(arg=None):
     config.weights = "random-tiny"
     config.template = "synthetic"
     config.num_views = 4
+    config.synthetic.num_gaussians = 1500
+    config.synthetic.size = 64
+    config.synthetic.rig = "own"
     config.out_dir = "outputs/smoke"
     config.sd.dtype = "float32"
     config.sd.view_chunk = 4
     config.sd.decode_chunk = 4
     config.sampler.num_inference_steps = 6
     config.sampler.thumbnail = 64
-    config.guidance.refit_iters_first = 20
+    config.guidance.refit_iters_first = 10  # same length every step: the step compiles once
     config.guidance.refit_iters = 10
     config.outputs.turntable_frames = 8
   elif arg not in (None, ""):

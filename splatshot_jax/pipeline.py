@@ -1,0 +1,171 @@
+"""From a config to the sampler's inputs: weights, base template, photo, conditioning.
+
+`experiments/splatshot.py` calls these in order; each checks its inputs first and fails with one
+error that lists everything missing and where it was looked for, before any model is built.
+
+Weights layout under `config.weights` (each entry can be overridden by an absolute path):
+  stable-diffusion-v1-5/                       diffusers pipeline folder (unet, vae, text_encoder, tokenizer)
+  sd-vae-ft-mse/                               optional separate VAE (official code loads one)
+  control_v11p_sd15_openpose/, control_v11p_sd15_seg/    the two ControlNets
+  IP-Adapter/models/ip-adapter-plus-face_sd15.bin       IP-Adapter (.bin or .safetensors)
+  IP-Adapter/models/image_encoder/             its CLIP ViT-H/14 vision encoder
+`config.weights = "random-tiny"` builds a tiny random-weight prior instead (install check, no files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from splatshot_jax import cameras as cam_lib
+from splatshot_jax import templates
+from splatshot_jax.diffusion import denoiser, loading, presets
+from splatshot_jax.io import images as image_io
+
+RANDOM_TINY = "random-tiny"
+
+
+class MissingInputsError(FileNotFoundError):
+  """Inputs of a run are missing; the message lists each one and where it was looked for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightPaths:
+  base: Path
+  vae: Path | None
+  controlnets: tuple[Path, ...]
+  ip_adapter: Path
+  image_encoder: Path
+
+
+def resolve_weights(sd_config, weights_root: str) -> WeightPaths:
+  """Paths of every checkpoint the SD prior needs; raises MissingInputsError listing all absent ones."""
+  root = Path(weights_root).expanduser()
+  at = lambda p: None if not p else (Path(p) if Path(p).is_absolute() else root / p)
+  paths = WeightPaths(base=at(sd_config.base), vae=at(sd_config.vae),
+                      controlnets=tuple(at(c) for c in sd_config.controlnets),
+                      ip_adapter=at(sd_config.ip_adapter), image_encoder=at(sd_config.image_encoder))
+  wanted = [("config.sd.base (diffusers SD-1.5 folder)", paths.base / "model_index.json"),
+            ("config.sd.ip_adapter", paths.ip_adapter),
+            ("config.sd.image_encoder (CLIP vision folder)", paths.image_encoder / "config.json")]
+  if paths.vae is not None:
+    wanted.append(("config.sd.vae", paths.vae / "config.json"))
+  wanted += [(f"config.sd.controlnets[{i}]", c / "config.json") for i, c in enumerate(paths.controlnets)]
+  missing = [f"  {what}: {path}" for what, path in wanted if not path.exists()]
+  if not weights_root:
+    missing.insert(0, "  config.weights is empty (give the folder that holds the checkpoints)")
+  if missing:
+    raise MissingInputsError(
+        "SplatShot needs these checkpoints (nothing is downloaded at run time):\n" + "\n".join(missing)
+        + f"\nLooked under config.weights = {str(root)!r}; see splatshot_jax/pipeline.py for the layout, "
+        f"or use --config.weights={RANDOM_TINY} for the install check.")
+  return paths
+
+
+def load_prior(config, height: int, width: int):
+  """(prior, conditioner or None): the SD prior from `config.weights`, or random tiny weights."""
+  sd = config.sd
+  if config.weights == RANDOM_TINY:
+    prior = presets.random_stable_diffusion("tiny", jax.random.PRNGKey(config.seed), height=height, width=width,
+                                            num_controlnets=len(sd.controlnet_scales), dtype=sd.dtype,
+                                            view_chunk=sd.view_chunk, decode_chunk=sd.decode_chunk)
+    return prior, None
+  paths = resolve_weights(sd, config.weights)
+  return loading.load_stable_diffusion(
+      paths.base, vae=paths.vae, controlnets=paths.controlnets, ip_adapter=paths.ip_adapter,
+      image_encoder=paths.image_encoder, dtype=sd.dtype, num_inference_steps=config.sampler.num_inference_steps,
+      view_chunk=sd.view_chunk, decode_chunk=sd.decode_chunk)
+
+
+def pad_template(t: templates.Template, multiple: int = 16) -> templates.Template:
+  """Pads renders, control maps and cameras to a multiple of `multiple` px, centred, mirrored edges.
+
+  SD's VAE and UNet need sizes divisible by 8 (latents) and the official code pads its 802x550
+  views to 816x560 the same way; the cameras are padded too so renders line up with the images.
+  """
+  h, w = t.renders.shape[1:3]
+  if h % multiple == 0 and w % multiple == 0:
+    return t
+  pad_one = lambda x: image_io.pad_to_multiple(np.asarray(x), multiple)[0]
+  _, (top, bottom, left, right) = image_io.pad_to_multiple(np.zeros((h, w)), multiple)
+  stack = lambda xs: jnp.asarray(np.stack([pad_one(x) for x in np.asarray(xs)]))
+  return t.replace(renders=stack(t.renders), heatmaps=stack(t.heatmaps), parsing=stack(t.parsing),
+                   cameras=cam_lib.pad(t.cameras, top, bottom, left, right))
+
+
+def load_base_template(config) -> templates.Template:
+  """The base template named by config.template: a template folder or "synthetic" (built in seconds)."""
+  if config.template == "synthetic":
+    t = templates.synthetic_template(num_gaussians=config.synthetic.num_gaussians, size=config.synthetic.size,
+                                     rig=config.synthetic.rig)
+  else:
+    folder = Path(config.template).expanduser()
+    try:
+      t = templates.load_template(folder)
+    except templates.TemplateError as e:
+      hint = ""
+      if (folder / "view_000.npz").exists() and not (folder / "gaussians.ply").exists():
+        hint = ("\nThis looks like a view set without its 3DGS (like the shared nersemble-333-48views). Build a "
+                f"template from it first:\n  python -m experiments.run --config=configs/build_template.py "
+                f"--config.data={folder} --config.out_dir=templates/{folder.name}\nthen pass "
+                f"--config.template=templates/{folder.name}")
+      raise MissingInputsError(f"config.template: {e}{hint}") from e
+  if config.num_views and config.num_views < len(t):
+    n = config.num_views
+    t = t.replace(cameras=t.cameras[:n], renders=t.renders[:n], heatmaps=t.heatmaps[:n], parsing=t.parsing[:n],
+                  valid=t.valid[:n])
+  return pad_template(t)
+
+
+def load_photo(path: str) -> np.ndarray:
+  """The photo as (H, W, 3) float32 in [0, 1]; checks that it holds a usable face (dlib)."""
+  from splatshot_jax.face import detect  # pylint: disable=import-outside-toplevel  (dlib loads lazily)
+
+  if not path:
+    raise MissingInputsError("config.photo is empty: give the path of a face photo")
+  if not Path(path).expanduser().is_file():
+    raise MissingInputsError(f"config.photo: no file at {path}")
+  photo = image_io.load_image(Path(path).expanduser())
+  detect.analyze_photo(photo)  # raises NoFaceError / FaceTooSmallError with the reason
+  return photo
+
+
+def make_conditions(config, prior, conditioner, template: templates.Template, photo: np.ndarray | None):
+  """(cond with the photo, cond with the template's own frontal render) for all template views."""
+  sd = config.sd
+  v, h, w = template.renders.shape[:3]
+  controls = (jnp.asarray(template.heatmaps, jnp.float32) / 255.0,
+              jnp.asarray(template.parsing, jnp.float32) / 255.0)[: len(sd.controlnet_scales)]
+  if conditioner is None:  # random tiny prior: random prompt embeddings and IP tokens, real control maps
+    base = presets.random_cond("tiny", jax.random.PRNGKey(config.seed + 1), num_views=v, height=h, width=w,
+                               text_len=8, ip_tokens=4, guidance_scale=sd.guidance_scale,
+                               control_scales=tuple(sd.controlnet_scales), ip_scale=sd.ip_adapter_scale)
+    base = base.replace(controls=controls)
+    other = presets.random_cond("tiny", jax.random.PRNGKey(config.seed + 2), num_views=v, height=h, width=w,
+                                text_len=8, ip_tokens=4)
+    return base, base.replace(ip=other.ip)
+  make = lambda image: conditioner.make_cond(
+      v, sd.prompt, sd.negative_prompt, controls=controls, control_scales=tuple(sd.controlnet_scales),
+      guidance_scale=sd.guidance_scale, photo=image, ip_scale=sd.ip_adapter_scale)
+  # SDI's source: the template's own identity, from its frontal view (official: view 0's render).
+  frontal = template.info.frontal_view if template.info.frontal_view < v else 0
+  return make(photo), make(np.asarray(template.renders[frontal]))
+
+
+def identity_report(photo: np.ndarray, views: np.ndarray, cameras, frontal: int, max_yaw_deg: float = 30.0) -> dict:
+  """dlib identity distance between the photo and each output view within ±max_yaw of the frontal one."""
+  from splatshot_jax.face import identity  # pylint: disable=import-outside-toplevel
+
+  axes = np.asarray(cameras.viewmat)[:, 2, :3]
+  yaw = np.degrees(np.arccos(np.clip(axes @ axes[frontal], -1.0, 1.0)))
+  report = {}
+  for i in np.nonzero(yaw <= max_yaw_deg)[0]:
+    try:
+      report[f"view_{i:03d}"] = round(float(identity.identity_distance(photo, views[i])), 4)
+    except Exception as e:  # no face found in a generated view is a result, not a crash
+      report[f"view_{i:03d}"] = f"n/a ({type(e).__name__})"
+  return report
