@@ -79,6 +79,10 @@ def bench_one(n, res, repeats, dense_max, kw):
   g = head_scene(n)
   cam = front_camera(res)
   w = jnp.asarray(np.random.default_rng(1).normal(size=(res, res, 3)), jnp.float32)
+  # Size the pair budget as a user would after a first check_overflow: the frame's need, rounded
+  # up to a power of two (the default 16·N is safe but sorts more padding).
+  probe = render(g, cam, pair_budget=64 * n, **kw)
+  kw = dict(kw, pair_budget=1 << (int(probe.overflow.num_pairs) - 1).bit_length())
   fwd = jax.jit(lambda g: render(g, cam, **kw).rgb)
   loss = lambda g: jnp.sum(render(g, cam, **kw).rgb * w)
   fwdbwd = jax.jit(jax.value_and_grad(loss))
@@ -165,7 +169,7 @@ def main(argv=None):
   machine = (f"{cpu_model()}, {os.cpu_count()} cores visible, shared with other jobs (load "
              f"average {load:.1f} at the end), jax {jax.__version__} on {dev.platform}")
   text = [f"\n### Rasterizer — {date}\n", f"Command: `{cmd.strip()}`  ", f"Machine: {machine}  ",
-          f"Settings: tile {args.tile_size}, chunk {args.chunk}, tiles_per_step {args.tiles_per_step}, "
+          f"Settings: tile {args.tile_size}, pair budget = needed pairs rounded up to a power of 2, chunk {args.chunk}, tiles_per_step {args.tiles_per_step}, "
           f"median of {args.repeats} after warm-up; times in seconds.\n", *lines, ""]
   append_section(DOCS, "## Rasterizer", "\n".join(text) + "\n")
   print(f"appended to {os.path.normpath(DOCS)}")
