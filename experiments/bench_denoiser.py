@@ -156,7 +156,7 @@ def bench_torch(views: int, latent: int, reps: int, parts: list[str]) -> list[tu
       return first, statistics.median(ts)
 
     def eps():
-      down, mid = cns(z, t, text, ctrl, [0.2, 0.6])
+      down, mid = cns(z, t, text, ctrl, [0.2, 0.6], return_dict=False)
       return unet(z, t, text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
 
     name = "float16" if dt == torch.float16 else "float32"
