@@ -16,10 +16,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from parity import assert_close  # noqa: E402
 from splatshot_jax.diffusion import clip  # noqa: E402
 from splatshot_jax.diffusion import tokenizer as tok_lib  # noqa: E402
 
-REL_TOL = 1e-4
 
 
 def _seed():
@@ -32,16 +32,6 @@ def _randomise(module, seed, scale=0.3):
   with torch.no_grad():
     for p in module.parameters():
       p.copy_(torch.randn(p.shape, generator=g) * scale)
-
-
-def _check(ours, ref, what, seed):
-  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-  assert ours.shape == ref.shape, f"{what}: shape {ours.shape} vs {ref.shape} (seed {seed})"
-  rel = np.linalg.norm(ours - ref) / np.linalg.norm(ref)
-  mx = np.abs(ours - ref).max()
-  print(f"{what}: rel {rel:.2e} max abs {mx:.2e} (seed {seed})")
-  assert rel <= REL_TOL, f"{what}: rel err {rel:.2e} > {REL_TOL} (max abs {mx:.2e}, seed {seed})"
-  return rel, mx
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,11 +71,11 @@ def test_text_encoder_parity(tmp_path, layout, hidden_act, eos):
   with torch.no_grad():
     r = ref(torch.as_tensor(ids), output_hidden_states=True)
   o = model.apply({"params": params}, jnp.asarray(ids, jnp.int32), output_hidden_states=True)
-  _check(o.last_hidden_state, r.last_hidden_state, "last_hidden_state", seed)
-  _check(o.pooler_output, r.pooler_output, "pooler_output", seed)
+  assert_close(o.last_hidden_state, r.last_hidden_state, "last_hidden_state", seed)
+  assert_close(o.pooler_output, r.pooler_output, "pooler_output", seed)
   assert len(o.hidden_states) == len(r.hidden_states)
   for i, (a, b) in enumerate(zip(o.hidden_states, r.hidden_states)):
-    _check(a, b, f"hidden_states[{i}]", seed)
+    assert_close(a, b, f"hidden_states[{i}]", seed)
 
 
 def test_text_encoder_padding_mask(tmp_path):
@@ -104,7 +94,7 @@ def test_text_encoder_padding_mask(tmp_path):
   with torch.no_grad():
     r = ref(torch.as_tensor(ids), attention_mask=torch.as_tensor(mask))
   o = model.apply({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask))
-  _check(o.last_hidden_state, r.last_hidden_state, "masked last_hidden_state", seed)
+  assert_close(o.last_hidden_state, r.last_hidden_state, "masked last_hidden_state", seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,11 +117,11 @@ def test_vision_encoder_parity(tmp_path, hidden_act):
   with torch.no_grad():
     r = ref(torch.as_tensor(x), output_hidden_states=True)
   o = model.apply({"params": params}, jnp.asarray(x.transpose(0, 2, 3, 1)), output_hidden_states=True)
-  _check(o.image_embeds, r.image_embeds, "image_embeds", seed)
-  _check(o.last_hidden_state, r.last_hidden_state, "last_hidden_state", seed)
+  assert_close(o.image_embeds, r.image_embeds, "image_embeds", seed)
+  assert_close(o.last_hidden_state, r.last_hidden_state, "last_hidden_state", seed)
   assert len(o.hidden_states) == len(r.hidden_states) == VISION_CFG["num_hidden_layers"] + 1
   for i, (a, b) in enumerate(zip(o.hidden_states, r.hidden_states)):
-    _check(a, b, f"hidden_states[{i}]", seed)
+    assert_close(a, b, f"hidden_states[{i}]", seed)
 
 
 def test_vision_config_from_full_clip_config():

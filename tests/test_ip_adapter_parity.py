@@ -20,21 +20,12 @@ pytest.importorskip("diffusers")
 
 from diffusers.loaders.unet import UNet2DConditionLoadersMixin  # noqa: E402
 
+from parity import assert_close  # noqa: E402
 from splatshot_jax.diffusion import ip_adapter  # noqa: E402
 from splatshot_jax.diffusion.convert import CheckpointError  # noqa: E402
 
-REL_TOL = 1e-4
 # Tiny Plus: diffusers' converter fixes depth 4 and infers heads = rows(to_q) / 64.
 EMBED, HIDDEN, HEADS, OUT, QUERIES, DEPTH = 48, 64, 2, 40, 6, 4
-
-
-def _check(ours, ref, what, seed):
-  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-  assert ours.shape == ref.shape, f"{what}: shape {ours.shape} vs {ref.shape} (seed {seed})"
-  rel = np.linalg.norm(ours - ref) / np.linalg.norm(ref)
-  mx = np.abs(ours - ref).max()
-  print(f"{what}: rel {rel:.2e} max abs {mx:.2e} (seed {seed})")
-  assert rel <= REL_TOL, f"{what}: rel err {rel:.2e} > {REL_TOL} (max abs {mx:.2e}, seed {seed})"
 
 
 def _official_plus(g):
@@ -101,7 +92,7 @@ def test_plus_official_file_parity(tmp_path, fmt):
   x = np.random.default_rng(seed).standard_normal((2, 11, EMBED)).astype(np.float32)
   with torch.no_grad():
     r = ref(torch.as_tensor(x)).numpy()
-  _check(model.apply({"params": params}, jnp.asarray(x)), r, f"plus ({fmt})", seed)
+  assert_close(model.apply({"params": params}, jnp.asarray(x)), r, f"plus ({fmt})", seed)
 
 
 def test_plus_diffusers_names_parity():
@@ -112,7 +103,7 @@ def test_plus_diffusers_names_parity():
   x = np.random.default_rng(seed).standard_normal((3, 7, EMBED)).astype(np.float32)
   with torch.no_grad():
     r = ref(torch.as_tensor(x)).numpy()
-  _check(model.apply({"params": params}, jnp.asarray(x)), r, "plus (diffusers names)", seed)
+  assert_close(model.apply({"params": params}, jnp.asarray(x)), r, "plus (diffusers names)", seed)
 
 
 @pytest.mark.parametrize("fmt", ["bin", "safetensors"])
@@ -129,7 +120,7 @@ def test_base_official_file_parity(tmp_path, fmt):
   x = np.random.default_rng(seed).standard_normal((2, 24)).astype(np.float32)
   with torch.no_grad():
     r = ref(torch.as_tensor(x)).numpy()
-  _check(model.apply({"params": params}, jnp.asarray(x)), r, f"base ({fmt})", seed)
+  assert_close(model.apply({"params": params}, jnp.asarray(x)), r, f"base ({fmt})", seed)
 
 
 def test_official_key_map():

@@ -20,12 +20,12 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 from safetensors.numpy import load_file  # noqa: E402
 
+from parity import randomize_, rel_err, assert_close, nchw, to_nhwc  # noqa: E402
 from splatshot_jax.diffusion import controlnet as cn_lib  # noqa: E402
 from splatshot_jax.diffusion import convert  # noqa: E402
 from splatshot_jax.diffusion import unet as unet_lib  # noqa: E402
 
 torch.set_num_threads(1)  # the CPU is shared; tiny models do not need more
-RTOL = 1e-4
 
 SD1_TINY = dict(
     block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
@@ -40,40 +40,6 @@ SD2_TINY = dict(
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), sample_size=16, norm_num_groups=8,
     flip_sin_to_cos=False, freq_shift=1)
-
-
-def randomize_(model: torch.nn.Module, gen: torch.Generator) -> None:
-  """Overwrites every parameter: weights ~ N(0, 1/fan_in) (keeps activations O(1) through the
-  net), norm scales ~ 1 + 0.1 N, biases ~ 0.1 N."""
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      r = torch.randn(p.shape, generator=gen)
-      if p.ndim >= 2:
-        p.copy_(r / np.sqrt(np.prod(p.shape[1:])))
-      elif name.endswith("weight"):
-        p.copy_(1.0 + 0.1 * r)
-      else:
-        p.copy_(0.1 * r)
-
-
-def rel_err(ours, ref) -> tuple[float, float]:
-  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-  return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref)), float(np.abs(ours - ref).max())
-
-
-def assert_close(ours, ref, what: str, seed: int) -> None:
-  assert ours.shape == ref.shape, f"{what}: shape {ours.shape} vs {ref.shape}"
-  rel, mx = rel_err(ours, ref)
-  print(f"{what}: rel L2 {rel:.2e}, max abs {mx:.2e} (seed {seed})")  # shown with pytest -s
-  assert rel <= RTOL, f"{what}: rel L2 err {rel:.2e} (max abs {mx:.2e}) > {RTOL}, seed {seed}"
-
-
-def nchw(x: np.ndarray) -> torch.Tensor:
-  return torch.from_numpy(np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 3, 1, 2)))
-
-
-def to_nhwc(t: torch.Tensor) -> np.ndarray:
-  return t.detach().numpy().transpose(0, 2, 3, 1)
 
 
 def save_and_load(model, path, safe: bool = True) -> tuple[dict, dict]:

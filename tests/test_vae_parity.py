@@ -17,46 +17,16 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 from safetensors.numpy import load_file  # noqa: E402
 
+from parity import randomize_, assert_close, nchw, to_nhwc  # noqa: E402
 from splatshot_jax.diffusion import convert  # noqa: E402
 from splatshot_jax.diffusion import vae as vae_lib  # noqa: E402
 
 torch.set_num_threads(1)
-RTOL = 1e-4
 
 VAE_TINY = dict(
     block_out_channels=(8, 16, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4,
     down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
     sample_size=32)
-
-
-def randomize_(model, gen):
-  """weights ~ N(0, 1/fan_in), norm scales ~ 1 + 0.1 N, biases ~ 0.1 N (nothing left zero)."""
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      r = torch.randn(p.shape, generator=gen)
-      if p.ndim >= 2:
-        p.copy_(r / np.sqrt(np.prod(p.shape[1:])))
-      elif name.endswith("weight"):
-        p.copy_(1.0 + 0.1 * r)
-      else:
-        p.copy_(0.1 * r)
-
-
-def assert_close(ours, ref, what, seed):
-  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-  assert ours.shape == ref.shape, f"{what}: shape {ours.shape} vs {ref.shape}"
-  rel = float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
-  mx = float(np.abs(ours - ref).max())
-  print(f"{what}: rel L2 {rel:.2e}, max abs {mx:.2e} (seed {seed})")  # shown with pytest -s
-  assert rel <= RTOL, f"{what}: rel L2 err {rel:.2e} (max abs {mx:.2e}) > {RTOL}, seed {seed}"
-
-
-def nchw(x):
-  return torch.from_numpy(np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 3, 1, 2)))
-
-
-def to_nhwc(t):
-  return t.detach().numpy().transpose(0, 2, 3, 1)
 
 
 @pytest.mark.parametrize("safe,extra", [(True, {}), (False, {"use_quant_conv": False,
