@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 
 import jax
-import numpy as np
 
 from splatshot_jax import guidance, outputs, pipeline, sampler
+from splatshot_jax.render import RenderOverflowError, check_overflow, render_views
 
 
 def run(config) -> dict:
@@ -44,6 +44,12 @@ def run(config) -> dict:
 
   metrics = {"install_check": install_check, "template": template.name, "num_views": int(num_views),
              "seconds": {"setup": round(t_setup - t_start, 1), "sampling": round(t_run - t_setup, 1)}}
+  try:  # the refits inside the jitted steps cannot raise: check the avatar's budgets on the host
+    check_overflow(render_views(result.gaussians, template.cameras,
+                                background=jax.numpy.asarray(config.refit.background, jax.numpy.float32)))
+  except RenderOverflowError as e:
+    print(f"warning: {e}")
+    metrics["render_overflow"] = str(e)
   if photo is not None:
     frontal = template.info.frontal_view if template.info.frontal_view < num_views else 0
     metrics["identity_distance"] = pipeline.identity_report(photo, result.final_images, template.cameras, frontal)

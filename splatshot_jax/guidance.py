@@ -31,7 +31,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from splatshot_jax import fit as fit_lib
+from splatshot_jax import metrics
 from splatshot_jax.diffusion import ddim
+from splatshot_jax.render import render_views
 
 Pytree = Any
 
@@ -132,9 +135,7 @@ def confidence_weights(renders: jax.Array, images: jax.Array, temperature: float
 
 
 def default_photometric_loss(pred: jax.Array, target: jax.Array, lambda_dssim: float = 0.2) -> jax.Array:
-  """(1 - lambda) L1 + lambda (1 - SSIM) of one view, from `splatshot_jax.metrics` (imported late: optional)."""
-  from splatshot_jax import metrics  # pylint: disable=import-outside-toplevel
-
+  """(1 - lambda) L1 + lambda (1 - SSIM) of one view (`splatshot_jax.metrics`)."""
   return metrics.photometric_loss(pred, target, lambda_dssim=lambda_dssim)
 
 
@@ -287,8 +288,6 @@ def gaussian_scene(fit_cfg=None, *, background=(0.0, 0.0, 0.0), render_kwargs=()
     background: (3,) RGB of the renders (official: black).
     render_kwargs: ((name, value), ...) static rasterizer settings (pair_budget, tile_capacity, ...).
   """
-  from splatshot_jax import fit as fit_lib  # pylint: disable=import-outside-toplevel
-
   if fit_cfg is None:
     fit_cfg = fit_lib.FitConfig(background=tuple(background), render_kwargs=tuple(render_kwargs))
   return Scene3D(
@@ -298,14 +297,10 @@ def gaussian_scene(fit_cfg=None, *, background=(0.0, 0.0, 0.0), render_kwargs=()
 
 
 def _render_gaussians(gaussians, cameras, *, background, render_kwargs):
-  from splatshot_jax.render import render_views  # pylint: disable=import-outside-toplevel
-
   return render_views(gaussians, cameras, background=jnp.asarray(background, jnp.float32),
                       **dict(render_kwargs)).rgb
 
 
 def _refit_gaussians(gaussians, cameras, images, view_weights, rng, num_iters, *, fit_cfg):
-  from splatshot_jax import fit as fit_lib  # pylint: disable=import-outside-toplevel
-
   cfg = dataclasses.replace(fit_cfg, num_iters=num_iters)
   return fit_lib.fit(gaussians, cameras, images, cfg, view_weights=view_weights, rng=rng).gaussians
