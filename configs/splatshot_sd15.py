@@ -20,8 +20,10 @@ def get_config(arg=None):
   # Inputs. A template is a folder of view_NNN.npz (padded render, control maps, viewmat, K) + its Gaussians.
   config.photo = ""
   config.weights = ""  # folder with the diffusers-format SD-1.5, VAE, ControlNets, IP-Adapter and image encoder
-  config.template = "../shared/data/multiview/nersemble-333-48views"
-  config.template_ply = ""  # the template's 3DGS (.ply); "" -> <template>/gaussians.ply (templates.py layout)
+  # Built by `python -m experiments.run --config=configs/build_template.py:333` from the shared 333 views.
+  config.template = "templates/nersemble-333-48views"
+  # Several comma-separated template folders: the closest to the photo is chosen (skin colour, face shape).
+  config.template_override = ""  # a template name used regardless of the choice
   config.num_views = 48  # views 0-15 real NeRSemble cameras (8 frontal), 16-47 interpolated
   config.out_dir = "outputs/splatshot"
 

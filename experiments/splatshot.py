@@ -27,7 +27,7 @@ def run(config) -> dict:
   else:
     pipeline.resolve_weights(config.sd, config.weights)  # fail fast, listing every missing file
     photo = pipeline.load_photo(config.photo)
-  template = pipeline.load_base_template(config)
+  template, choice = pipeline.load_base_template(config, photo)
   num_views, height, width = template.renders.shape[:3]
   print(f"template {template.name}: {num_views} views of {width}x{height}, {template.gaussians.num} Gaussians")
 
@@ -42,7 +42,7 @@ def run(config) -> dict:
                                  template_cond=cond_template, schedule=schedule)
   t_run = time.time()
 
-  metrics = {"install_check": install_check, "template": template.name, "num_views": int(num_views),
+  metrics = {"install_check": install_check, "template_choice": choice, "num_views": int(num_views),
              "seconds": {"setup": round(t_setup - t_start, 1), "sampling": round(t_run - t_setup, 1)}}
   try:  # the refits inside the jitted steps cannot raise: check the avatar's budgets on the host
     check_overflow(render_views(result.gaussians, template.cameras,

@@ -25,6 +25,7 @@ from splatshot_jax import cameras as cam_lib
 from splatshot_jax import templates
 from splatshot_jax.diffusion import denoiser, loading, presets
 from splatshot_jax.io import images as image_io
+from splatshot_jax.io.images import to_uint8
 
 RANDOM_TINY = "random-tiny"
 
@@ -97,28 +98,50 @@ def pad_template(t: templates.Template, multiple: int = 16) -> templates.Templat
                    cameras=cam_lib.pad(t.cameras, top, bottom, left, right))
 
 
-def load_base_template(config) -> templates.Template:
-  """The base template named by config.template: a template folder or "synthetic" (built in seconds)."""
+def _load_template_folder(folder: Path) -> templates.Template:
+  try:
+    return templates.load_template(folder)
+  except templates.TemplateError as e:
+    build = ("  python -m experiments.run --config=configs/build_template.py:333 "
+             "--config.data=../shared/data/multiview/nersemble-333-48views --config.out_dir={out}")
+    hint = ""
+    if (folder / "view_000.npz").exists() and not (folder / "gaussians.ply").exists():
+      hint = ("\nThis looks like a view set without its 3DGS (like the shared nersemble-333-48views). Build a "
+              f"template from it first:\n{build.format(out=f'templates/{folder.name}')}\nthen pass "
+              f"--config.template=templates/{folder.name}")
+    elif not folder.exists():
+      hint = f"\nBuild one from a calibrated multi-view head, e.g.:\n{build.format(out=folder)}"
+    raise MissingInputsError(f"config.template: {e}{hint}") from e
+
+
+def load_base_template(config, photo: np.ndarray | None = None) -> tuple[templates.Template, dict]:
+  """The base template named by config.template, padded for SD, and how it was chosen.
+
+  config.template is "synthetic" (the project's own head, built in seconds), a template folder, or
+  several folders separated by commas: then the one closest to the photo is chosen
+  (`templates.choose_template`: skin colour and face shape; `config.template_override` names one).
+  Returns (template, {"template": name, "scores": ...}).
+  """
+  choice_info: dict = {}
   if config.template == "synthetic":
     t = templates.synthetic_template(num_gaussians=config.synthetic.num_gaussians, size=config.synthetic.size,
                                      rig=config.synthetic.rig)
   else:
-    folder = Path(config.template).expanduser()
-    try:
-      t = templates.load_template(folder)
-    except templates.TemplateError as e:
-      hint = ""
-      if (folder / "view_000.npz").exists() and not (folder / "gaussians.ply").exists():
-        hint = ("\nThis looks like a view set without its 3DGS (like the shared nersemble-333-48views). Build a "
-                f"template from it first:\n  python -m experiments.run --config=configs/build_template.py "
-                f"--config.data={folder} --config.out_dir=templates/{folder.name}\nthen pass "
-                f"--config.template=templates/{folder.name}")
-      raise MissingInputsError(f"config.template: {e}{hint}") from e
+    folders = [Path(f.strip()).expanduser() for f in config.template.split(",") if f.strip()]
+    candidates = [_load_template_folder(f) for f in folders]
+    t = candidates[0]
+    if len(candidates) > 1:
+      if photo is None:
+        raise MissingInputsError("config.template lists several templates: choosing one needs config.photo")
+      t, choice = templates.choose_template(to_uint8(photo), candidates,
+                                            override=config.get("template_override", ""))
+      choice_info = {"candidates": [c.name for c in candidates], "scores": np.asarray(choice.scores).tolist()}
+  choice_info["template"] = t.name
   if config.num_views and config.num_views < len(t):
     n = config.num_views
     t = t.replace(cameras=t.cameras[:n], renders=t.renders[:n], heatmaps=t.heatmaps[:n], parsing=t.parsing[:n],
                   valid=t.valid[:n])
-  return pad_template(t)
+  return pad_template(t), choice_info
 
 
 def load_photo(path: str) -> np.ndarray:

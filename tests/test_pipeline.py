@@ -58,8 +58,16 @@ def test_pad_template_pads_images_and_cameras():
   from splatshot_jax import templates
   t = templates.synthetic_template(num_gaussians=300, size=40, rig="own")
   p = pipeline.pad_template(t, 16)
+  assert pipeline.pad_template(p, 16) is p  # already a multiple: unchanged
   assert p.renders.shape[1:3] == (48, 48) and p.heatmaps.shape[1:3] == (48, 48)
   assert (p.cameras.width, p.cameras.height) == (48, 48)
   # The centre 40x40 is the original; the principal point moved by the left/top padding (4 px).
   np.testing.assert_array_equal(np.asarray(p.renders)[:, 4:44, 4:44], np.asarray(t.renders))
   np.testing.assert_allclose(np.asarray(p.cameras.K)[:, :2, 2], np.asarray(t.cameras.K)[:, :2, 2] + 4)
+
+
+def test_absent_template_folder_says_how_to_build_one(tmp_path):
+  config = splatshot_sd15.get_config()
+  config.template = str(tmp_path / "no-such-template")
+  with pytest.raises(pipeline.MissingInputsError, match="build_template.py:333"):
+    pipeline.load_base_template(config)
