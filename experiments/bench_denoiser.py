@@ -23,62 +23,18 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from splatshot_jax.diffusion import controlnet as cn_lib
-from splatshot_jax.diffusion import denoiser
-from splatshot_jax.diffusion import unet as unet_lib
-from splatshot_jax.diffusion import vae as vae_lib
+from splatshot_jax.diffusion import denoiser, presets
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md")
 SECTION = "## Denoiser"
 
-# runwayml/stable-diffusion-v1-5 unet/config.json (architecture fields).
-SD15_UNET = dict(
-    in_channels=4, out_channels=4, sample_size=64, block_out_channels=[320, 640, 1280, 1280], layers_per_block=2,
-    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5, flip_sin_to_cos=True,
-    freq_shift=0, downsample_padding=1, mid_block_scale_factor=1, act_fn="silu", center_input_sample=False)
-# lllyasviel/control_v11p_sd15_openpose (and _seg) config.json.
-SD15_CONTROLNET = dict(
-    in_channels=4, block_out_channels=[320, 640, 1280, 1280], layers_per_block=2,
-    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5, flip_sin_to_cos=True,
-    freq_shift=0, downsample_padding=1, mid_block_scale_factor=1, act_fn="silu", conditioning_channels=3,
-    conditioning_embedding_out_channels=[16, 32, 96, 256], controlnet_conditioning_channel_order="rgb")
-# stabilityai/sd-vae-ft-mse config.json (same architecture as SD-1.5's vae/).
-SD15_VAE = dict(
-    in_channels=3, out_channels=3, block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
-    norm_num_groups=32, sample_size=256, scaling_factor=0.18215, act_fn="silu",
-    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
+SD15_UNET, SD15_CONTROLNET, SD15_VAE = presets.SD15_UNET, presets.SD15_CONTROLNET, presets.SD15_VAE
 TEXT_LEN, IP_TOKENS = 77, 16  # CLIP context; ip-adapter-plus-face_sd15 num_queries
 
 
-def random_params(template, rng: np.random.Generator, dtype) -> dict:
-  """Random leaves shaped like `template`: N(0, 0.02) weights, ones for norm scales (activations stay O(1))."""
-  def leaf(path, s):
-    name = jax.tree_util.keystr(path)
-    if name.endswith("['scale']"):
-      return jnp.ones(s.shape, dtype)
-    x = rng.standard_normal(s.shape, dtype=np.float32) * 0.02
-    return jnp.asarray(x, dtype)
-  return jax.tree_util.tree_map_with_path(leaf, template)
-
-
 def build_prior(dtype, view_chunk: int, decode_chunk: int, seed: int = 0) -> denoiser.StableDiffusion:
-  ucfg = unet_lib.UNetConfig.from_json_dict(SD15_UNET)
-  ccfg = cn_lib.ControlNetConfig.from_json_dict(SD15_CONTROLNET)
-  vcfg = vae_lib.VAEConfig.from_json_dict(SD15_VAE)
-  rng = np.random.default_rng(seed)
-  unet_t = unet_lib.init_params_shape(unet_lib.UNet2DConditionModel(ucfg, with_ip_adapter=True))
-  cn_t = cn_lib.init_params_shape(cn_lib.ControlNetModel(ccfg))
-  vae_t = vae_lib.init_params_shape(vae_lib.AutoencoderKL(vcfg))
-  params = {"unet": random_params(unet_t, rng, dtype), "vae": random_params(vae_t, rng, dtype),
-            "controlnets": (random_params(cn_t, rng, dtype), random_params(cn_t, rng, dtype))}
-  spec = denoiser.SDSpec(unet=ucfg, vae=vcfg, controlnets=(ccfg, ccfg), with_ip_adapter=True, dtype=dtype,
-                         view_chunk=view_chunk, decode_chunk=decode_chunk)
-  return denoiser.StableDiffusion(params=params, spec=spec)
+  return presets.random_stable_diffusion("sd15", seed, dtype=dtype, view_chunk=view_chunk, decode_chunk=decode_chunk)
 
 
 def time_call(fn, args, reps: int) -> tuple[float, float]:

@@ -35,8 +35,9 @@ PRESETS = {
 
 def random_sd_prior(p: dict, key) -> denoiser.StableDiffusion:
   """An SD-shaped prior (UNet + 2 ControlNets + IP-Adapter + VAE) with random weights."""
-  return presets.random_stable_diffusion(p["model"], key, height=p["height"], width=p["width"], dtype=p["dtype"],
-                                         view_chunk=p["view_chunk"], decode_chunk=p["decode_chunk"])
+  del key  # numpy-seeded weights
+  return presets.random_stable_diffusion(p["model"], 0, dtype=p["dtype"], view_chunk=p["view_chunk"],
+                                         decode_chunk=p["decode_chunk"])
 
 
 def random_cond(p: dict, key) -> denoiser.SDCond:

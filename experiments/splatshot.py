@@ -31,7 +31,7 @@ def run(config) -> dict:
   num_views, height, width = template.renders.shape[:3]
   print(f"template {template.name}: {num_views} views of {width}x{height}, {template.gaussians.num} Gaussians")
 
-  prior, conditioner = pipeline.load_prior(config, height, width)
+  prior, conditioner = pipeline.load_prior(config)
   cond_photo, cond_template = pipeline.make_conditions(config, prior, conditioner, template, photo)
   cfg = sampler.sampler_config(config)
   scene = guidance.gaussian_scene(background=tuple(config.refit.background))

@@ -67,13 +67,12 @@ def resolve_weights(sd_config, weights_root: str) -> WeightPaths:
   return paths
 
 
-def load_prior(config, height: int, width: int):
+def load_prior(config):
   """(prior, conditioner or None): the SD prior from `config.weights`, or random tiny weights."""
   sd = config.sd
   if config.weights == RANDOM_TINY:
-    prior = presets.random_stable_diffusion("tiny", jax.random.PRNGKey(config.seed), height=height, width=width,
-                                            num_controlnets=len(sd.controlnet_scales), dtype=sd.dtype,
-                                            view_chunk=sd.view_chunk, decode_chunk=sd.decode_chunk)
+    prior = presets.random_stable_diffusion("tiny", config.seed, num_controlnets=len(sd.controlnet_scales),
+                                            dtype=sd.dtype, view_chunk=sd.view_chunk, decode_chunk=sd.decode_chunk)
     return prior, None
   paths = resolve_weights(sd, config.weights)
   return loading.load_stable_diffusion(

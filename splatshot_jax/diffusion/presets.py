@@ -8,22 +8,32 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from splatshot_jax.diffusion import controlnet as cn_lib
 from splatshot_jax.diffusion import denoiser
 from splatshot_jax.diffusion import unet as unet_lib
 from splatshot_jax.diffusion import vae as vae_lib
 
-# SD-1.5's unet/config.json and vae/config.json (the fields that shape the network).
-SD15_UNET = dict(block_out_channels=[320, 640, 1280, 1280], layers_per_block=2, norm_num_groups=32,
-                 cross_attention_dim=768, attention_head_dim=8,
-                 down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-                 up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, sample_size=64)
-SD15_VAE = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32,
-                latent_channels=4, down_block_types=["DownEncoderBlock2D"] * 4,
-                up_block_types=["UpDecoderBlock2D"] * 4)
-# control_v11p_sd15_*: the UNet's encoder half plus the conditioning embedding.
-SD15_CONTROLNET_EMBEDDING = [16, 32, 96, 256]
+# runwayml/stable-diffusion-v1-5 unet/config.json (architecture fields).
+SD15_UNET = dict(
+    in_channels=4, out_channels=4, sample_size=64, block_out_channels=[320, 640, 1280, 1280], layers_per_block=2,
+    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5, flip_sin_to_cos=True,
+    freq_shift=0, downsample_padding=1, mid_block_scale_factor=1, act_fn="silu", center_input_sample=False)
+# lllyasviel/control_v11p_sd15_openpose (and _seg) config.json.
+SD15_CONTROLNET = dict(
+    in_channels=4, block_out_channels=[320, 640, 1280, 1280], layers_per_block=2,
+    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5, flip_sin_to_cos=True,
+    freq_shift=0, downsample_padding=1, mid_block_scale_factor=1, act_fn="silu", conditioning_channels=3,
+    conditioning_embedding_out_channels=[16, 32, 96, 256], controlnet_conditioning_channel_order="rgb")
+# stabilityai/sd-vae-ft-mse config.json (same architecture as SD-1.5's vae/).
+SD15_VAE = dict(
+    in_channels=3, out_channels=3, block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
+    norm_num_groups=32, sample_size=256, scaling_factor=0.18215, act_fn="silu",
+    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
 
 TINY_UNET = dict(block_out_channels=[32, 64], layers_per_block=1, norm_num_groups=8, cross_attention_dim=16,
                  attention_head_dim=4, down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
@@ -32,46 +42,48 @@ TINY_UNET = dict(block_out_channels=[32, 64], layers_per_block=1, norm_num_group
 TINY_VAE = dict(block_out_channels=[8, 16, 16, 16], layers_per_block=1, norm_num_groups=4, latent_channels=4,
                 down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
 
-PRESETS = {"tiny": (TINY_UNET, TINY_VAE), "sd15": (SD15_UNET, SD15_VAE)}
+TINY_CONTROLNET = dict({k: v for k, v in TINY_UNET.items() if k != "up_block_types"},
+                       conditioning_embedding_out_channels=[16, 32, 96, 256])
+
+PRESETS = {"tiny": (TINY_UNET, TINY_CONTROLNET, TINY_VAE), "sd15": (SD15_UNET, SD15_CONTROLNET, SD15_VAE)}
 
 
-def controlnet_config(unet: dict) -> dict:
-  """The ControlNet config.json that goes with a UNet config (same encoder half)."""
-  cn = dict(unet, conditioning_embedding_out_channels=SD15_CONTROLNET_EMBEDDING)
-  del cn["up_block_types"]
-  return cn
+def random_params(template, rng: np.random.Generator, dtype) -> dict:
+  """Random leaves shaped like `template` (e.g. `init_params_shape`, no compute): N(0, 0.02) weights,
+  ones for norm scales, so activations stay O(1)."""
+  def leaf(path, s):
+    if jax.tree_util.keystr(path).endswith("['scale']"):
+      return jnp.ones(s.shape, dtype)
+    return jnp.asarray(rng.standard_normal(s.shape, dtype=np.float32) * 0.02, dtype)
+  return jax.tree_util.tree_map_with_path(leaf, template)
 
 
-def random_stable_diffusion(preset: str, key: jax.Array, *, height: int, width: int,
-                            num_controlnets: int = 2, dtype="float32", view_chunk: int = 8,
-                            decode_chunk: int = 4) -> denoiser.StableDiffusion:
-  """An SD-shaped prior (UNet + ControlNets + IP-Adapter + VAE) with random (flax-init) weights.
+def random_stable_diffusion(preset: str, seed: int = 0, *, num_controlnets: int = 2, dtype="float32",
+                            view_chunk: int = 8, decode_chunk: int = 4) -> denoiser.StableDiffusion:
+  """An SD-shaped prior (UNet + ControlNets + IP-Adapter + VAE) with random weights (`random_params`).
 
   Args:
-    preset: "tiny" or "sd15" (`PRESETS`).
-    key: PRNG key of the weights.
-    height, width: image size the shapes are initialised with (any multiple of 8 works later too).
+    preset: "tiny" or "sd15" (`PRESETS`); any image size divisible by 8 works with either.
+    seed: numpy seed of the weights.
   """
   if preset not in PRESETS:
     raise ValueError(f"random_stable_diffusion: preset {preset!r} unknown; expected one of {sorted(PRESETS)}")
-  unet_json, vae_json = PRESETS[preset]
+  unet_json, cn_json, vae_json = PRESETS[preset]
   dt = jnp.dtype(dtype)
   ucfg = unet_lib.UNetConfig.from_json_dict(unet_json)
-  ccfg = cn_lib.ControlNetConfig.from_json_dict(controlnet_config(unet_json))
+  ccfg = cn_lib.ControlNetConfig.from_json_dict(cn_json)
   vcfg = vae_lib.VAEConfig.from_json_dict(vae_json)
+  rng = np.random.default_rng(seed)
+  cn_template = cn_lib.init_params_shape(cn_lib.ControlNetModel(ccfg))
+  params = {
+      "unet": random_params(unet_lib.init_params_shape(unet_lib.UNet2DConditionModel(ucfg, with_ip_adapter=True)),
+                            rng, dt),
+      "vae": random_params(vae_lib.init_params_shape(vae_lib.AutoencoderKL(vcfg)), rng, dt),
+      "controlnets": tuple(random_params(cn_template, rng, dt) for _ in range(num_controlnets)),
+  }
   spec = denoiser.SDSpec(unet=ucfg, vae=vcfg, controlnets=(ccfg,) * num_controlnets, with_ip_adapter=True,
                          dtype=dt, view_chunk=view_chunk, decode_chunk=decode_chunk)
-  f = 2 ** (len(vae_json["block_out_channels"]) - 1)
-  z = jnp.zeros((1, height // f, width // f, 4))
-  txt = jnp.zeros((1, 4, unet_json["cross_attention_dim"]))
-  image = jnp.zeros((1, height, width, 3))
-  keys = jax.random.split(key, 2 + num_controlnets)
-  cast = lambda tree: jax.tree.map(lambda x: x.astype(dt), tree)
-  unet_params = unet_lib.UNet2DConditionModel(ucfg, with_ip_adapter=True).init(keys[0], z, 0, txt)["params"]
-  vae_params = vae_lib.AutoencoderKL(vcfg).init(keys[1], image)["params"]
-  cn_params = tuple(cast(cn_lib.ControlNetModel(ccfg).init(k, z, 0, txt, image)["params"]) for k in keys[2:])
-  return denoiser.StableDiffusion(
-      params={"unet": cast(unet_params), "vae": cast(vae_params), "controlnets": cn_params}, spec=spec)
+  return denoiser.StableDiffusion(params=params, spec=spec)
 
 
 def random_cond(preset: str, key: jax.Array, *, num_views: int, height: int, width: int, text_len: int = 77,
