@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from splatshot_jax.diffusion import controlnet as cn_lib
-from splatshot_jax.diffusion import denoiser
+from splatshot_jax.diffusion import denoiser, presets
 from splatshot_jax.diffusion import unet as unet_lib
 from splatshot_jax.diffusion import vae as vae_lib
 
@@ -38,14 +38,15 @@ def prior():
   vcfg = vae_lib.VAEConfig.from_json_dict(VAE)
   spec = denoiser.SDSpec(unet=ucfg, vae=vcfg, controlnets=(ccfg, ccfg), with_ip_adapter=True,
                          view_chunk=2, decode_chunk=2)
-  keys = jax.random.split(jax.random.PRNGKey(0), 4)
-  unet = unet_lib.UNet2DConditionModel(ucfg, with_ip_adapter=True)
-  up = unet.init(keys[0], jnp.zeros((1, 4, 4, 4)), 0, jnp.zeros((1, 5, 16)))["params"]
-  cn = cn_lib.ControlNetModel(ccfg)
-  cps = [_randomize(cn.init(k, jnp.zeros((1, 4, 4, 4)), 0, jnp.zeros((1, 5, 16)),
-                            jnp.zeros((1, 8, 8, 3)))["params"], k) for k in keys[1:3]]
-  vae = vae_lib.AutoencoderKL(vcfg)
-  vp = vae.init(keys[3], jnp.zeros((1, 8, 8, 3)))["params"]
+  # Random leaves of the right shapes (no eager flax init: it costs minutes on a CPU); the ControlNets'
+  # zero convs get random weights too, so their residuals matter.
+  rng = np.random.default_rng(0)
+  up = presets.random_params(unet_lib.init_params_shape(unet_lib.UNet2DConditionModel(ucfg, with_ip_adapter=True)),
+                             rng, jnp.float32)
+  cn_t = cn_lib.init_params_shape(cn_lib.ControlNetModel(ccfg))
+  cps = [_randomize(presets.random_params(cn_t, rng, jnp.float32), k)
+         for k in jax.random.split(jax.random.PRNGKey(0), 2)]
+  vp = presets.random_params(vae_lib.init_params_shape(vae_lib.AutoencoderKL(vcfg)), rng, jnp.float32)
   return denoiser.StableDiffusion(params={"unet": up, "vae": vp, "controlnets": tuple(cps)}, spec=spec)
 
 
