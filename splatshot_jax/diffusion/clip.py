@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from splatshot_jax.diffusion.convert import CheckpointError, torch_to_flax
+from splatshot_jax.diffusion.convert import CheckpointError, bin_conversion_command, torch_to_flax
 
 # OpenAI CLIP's normalisation constants (transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -478,9 +478,7 @@ def _torch_load_numpy(path: str) -> dict:
   except ImportError:
     raise CheckpointError(
         f"{path}: reading a pickled .bin needs torch (pip install torch), or convert it once to "
-        "safetensors elsewhere: python -c \"import torch; from safetensors.torch import save_file; "
-        f"save_file({{k: v.contiguous() for k, v in torch.load('{path}', weights_only=True).items()}}, "
-        f"'{os.path.splitext(path)[0]}.safetensors')\"") from None
+        f"safetensors elsewhere: {bin_conversion_command(path)}") from None
   obj = torch.load(path, map_location="cpu", weights_only=True)
 
   def to_np(o):

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from splatshot_jax.diffusion.convert import CheckpointError, torch_to_flax
+from splatshot_jax.diffusion.convert import CheckpointError, bin_conversion_command, torch_to_flax
 
 # torch.nn.LayerNorm's default eps (flax's default is 1e-6).
 _LN_EPS = 1e-5
@@ -320,12 +320,9 @@ def load_ip_adapter_file(path: str) -> dict[str, dict[str, np.ndarray]]:
   try:
     import torch
   except ImportError:
-    stem = os.path.splitext(path)[0]
     raise CheckpointError(
         f"{path}: torch is needed to read a pickled .bin IP-Adapter; convert it once where torch is "
-        "installed: python -c \"import torch; from safetensors.torch import save_file; "
-        f"sd = torch.load('{path}', weights_only=True); save_file({{f'{{g}}.{{k}}': t.contiguous() "
-        f"for g in sd for k, t in sd[g].items()}}, '{stem}.safetensors')\"") from None
+        f"installed: {bin_conversion_command(path)}") from None
   obj = torch.load(path, map_location="cpu", weights_only=True)
   if not isinstance(obj, Mapping) or "image_proj" not in obj or "ip_adapter" not in obj:
     raise CheckpointError(f"{path}: expected a dict with 'image_proj' and 'ip_adapter', got "

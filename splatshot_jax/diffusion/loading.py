@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from splatshot_jax.diffusion.convert import CheckpointError, torch_to_flax
+from splatshot_jax.diffusion.convert import CheckpointError, bin_conversion_command, torch_to_flax
 
 PathLike = str | os.PathLike
 
@@ -57,24 +57,6 @@ def resolve_dtype(dtype: Any) -> Any:
   if dt not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
     raise ValueError(f"dtype={dt}; expected float32, bfloat16 or float16.")
   return dt.type
-
-
-def bin_conversion_command(path: PathLike) -> str:
-  """The one-liner that rewrites a torch `.bin` as `.safetensors` beside it.
-
-  Nested dicts (IP-Adapter's {"image_proj": {...}, "ip_adapter": {...}}) are flattened to dotted keys, the
-  layout diffusers uses for IP-Adapter safetensors and the one `read_state_dict` accepts; `.contiguous().clone()`
-  gives every tensor its own storage, since safetensors refuses tensors that share memory (tied weights).
-  """
-  src = str(path)
-  dst = src[: -len(".bin")] + ".safetensors" if src.endswith(".bin") else src + ".safetensors"
-  return (
-      "python -c \"import torch, safetensors.torch as st; "
-      "f = lambda d, p='': {k2: v2 for k, v in d.items() for k2, v2 in "
-      "(f(v, p + k + '.').items() if isinstance(v, dict) else [(p + k, v)])}; "
-      f"st.save_file({{k: v.contiguous().clone() for k, v in f(torch.load({src!r}, map_location='cpu', "
-      f"weights_only=True)).items()}}, {dst!r})\""
-  )
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
