@@ -15,22 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from splatshot_jax import cameras as cam_lib
-from splatshot_jax import datasets, templates
+from splatshot_jax import outputs, templates
 from splatshot_jax.io import atomic, images as image_io, ply
 from splatshot_jax.render import render_views
 
 
 def turntable(g, rig_cameras, front_cam, frames: int, background) -> np.ndarray:
-  """(frames, H, W, 3) renders on a full yaw circle around the rig's target, starting at front_cam.
-
-  rig_cameras (a batch of ≥ 2) give the target, up and distance; front_cam its intrinsics.
-  """
-  target, up, radius = datasets.scene_frame(rig_cameras)
-  front = np.asarray(front_cam.center) - target
-  rig = cam_lib.orbit_rig(target, radius, np.linspace(0.0, 360.0, frames, endpoint=False), [0.0],
-                          width=front_cam.width, height=front_cam.height,
-                          K=front_cam.K, up=up, front=front)
+  """(frames, H, W, 3) renders on a full yaw circle around the rig's target, starting at front_cam."""
+  rig = outputs.turntable_cameras(rig_cameras, frames, front_camera=front_cam)
   out = render_views(g, rig, background=jnp.asarray(background, jnp.float32))
   return np.asarray(jnp.clip(out.rgb, 0.0, 1.0))
 

@@ -87,7 +87,7 @@ def scene_frame(cameras: Camera) -> tuple[np.ndarray, np.ndarray, float]:
   dirs = R[:, 2, :]  # optical axes in world space
   # Σ (I − d dᵀ) p = Σ (I − d dᵀ) c: the point minimising the squared distance to all axes.
   proj = np.eye(3)[None] - dirs[:, :, None] * dirs[:, None, :]
-  target = np.linalg.solve(proj.sum(0), np.einsum("vij,vj->i", proj, centers))
+  target = np.linalg.lstsq(proj.sum(0), np.einsum("vij,vj->i", proj, centers), rcond=None)[0]
   up = -R[:, 1, :].mean(0)
   up /= np.linalg.norm(up)
   radius = float(np.linalg.norm(centers - target, axis=-1).mean())

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from splatshot_jax.cameras import Camera, orbit_rig
+from splatshot_jax.datasets import scene_frame
 from splatshot_jax.io import images as image_io
 from splatshot_jax.io import ply
 from splatshot_jax.io.atomic import atomic_path
@@ -37,25 +38,22 @@ def cameras_to_json(cameras: Camera) -> dict:
           "views": [{"viewmat": vm[i].tolist(), "K": K[i].tolist()} for i in range(vm.shape[0])]}
 
 
-def turntable_cameras(cameras: Camera, num_frames: int) -> Camera:
+def turntable_cameras(cameras: Camera, num_frames: int, front_camera: Camera | None = None) -> Camera:
   """A 360-degree orbit at the rig's mean distance around the point its optical axes pass closest to.
 
-  Up is the mean image-up direction (-y of the cameras), the start is the mean camera direction; intrinsics are
-  the first camera's.
+  Up is the mean image-up direction (-y of the cameras) (`datasets.scene_frame`). The orbit starts at
+  `front_camera` and uses its intrinsics; by default it starts at the mean camera direction with the
+  first camera's intrinsics.
   """
-  vm = np.asarray(cameras.viewmat, np.float64)
-  R, t = vm[:, :3, :3], vm[:, :3, 3]
-  centers = -np.einsum("vji,vj->vi", R, t)
-  dirs = R[:, 2, :]  # optical axes in world space
-  # Least-squares point closest to all optical axes: sum (I - d d^T) (p - c) = 0.
-  proj = np.eye(3)[None] - dirs[:, :, None] * dirs[:, None, :]
-  target = np.linalg.lstsq(proj.sum(0), np.einsum("vij,vj->i", proj, centers), rcond=None)[0]
-  radius = float(np.mean(np.linalg.norm(centers - target, axis=-1)))
-  up = -R[:, 1, :].mean(0)
-  front = (centers - target).mean(0)
+  target, up, radius = scene_frame(cameras)
+  if front_camera is None:
+    front = (np.asarray(cameras.center, np.float64) - target).mean(0)
+    K = np.asarray(cameras.K)[0]
+  else:
+    front, K = np.asarray(front_camera.center, np.float64) - target, front_camera.K
   yaws = np.linspace(0.0, 360.0, num_frames, endpoint=False)
-  return orbit_rig(target, radius, yaws, [0.0], width=cameras.width, height=cameras.height,
-                   K=np.asarray(cameras.K)[0], up=up / np.linalg.norm(up), front=front)
+  return orbit_rig(target, radius, yaws, [0.0], width=cameras.width, height=cameras.height, K=K, up=up,
+                   front=front)
 
 
 def _json_default(x):
