@@ -267,26 +267,29 @@ def load_unet(folder: PathLike, *, dtype: Any = "float32", variant: str | None =
   return model, convert_params(sd, template, name=name, dtype=dt)
 
 
+def _load_diffusers_model(folder: PathLike, variant: str | None, dtype: Any, config_cls, model_cls, params_shape):
+  """A diffusers model folder (`config.json` + weights) -> (model, params) for the given classes."""
+  config, sd, path = _load_component(folder, variant, DIFFUSERS_STEMS)
+  cfg = _parse(config_cls.from_json_dict, config, Path(folder) / "config.json")
+  dt = resolve_dtype(dtype)
+  model = model_cls(cfg, dtype=dt)
+  return model, convert_params(sd, params_shape(model), name=str(path), dtype=dt)
+
+
 def load_vae(folder: PathLike, *, dtype: Any = "float32", variant: str | None = None):
   """A diffusers AutoencoderKL folder (`config.json` + weights) -> (AutoencoderKL, params)."""
   from splatshot_jax.diffusion import vae as vae_lib
 
-  config, sd, path = _load_component(folder, variant, DIFFUSERS_STEMS)
-  cfg = _parse(vae_lib.VAEConfig.from_json_dict, config, Path(folder) / "config.json")
-  dt = resolve_dtype(dtype)
-  model = vae_lib.AutoencoderKL(cfg, dtype=dt)
-  return model, convert_params(sd, vae_lib.init_params_shape(model), name=str(path), dtype=dt)
+  return _load_diffusers_model(folder, variant, dtype, vae_lib.VAEConfig, vae_lib.AutoencoderKL,
+                               vae_lib.init_params_shape)
 
 
 def load_controlnet(folder: PathLike, *, dtype: Any = "float32", variant: str | None = None):
   """A diffusers ControlNetModel folder (`config.json` + weights) -> (ControlNetModel, params)."""
   from splatshot_jax.diffusion import controlnet as cn_lib
 
-  config, sd, path = _load_component(folder, variant, DIFFUSERS_STEMS)
-  cfg = _parse(cn_lib.ControlNetConfig.from_json_dict, config, Path(folder) / "config.json")
-  dt = resolve_dtype(dtype)
-  model = cn_lib.ControlNetModel(cfg, dtype=dt)
-  return model, convert_params(sd, cn_lib.init_params_shape(model), name=str(path), dtype=dt)
+  return _load_diffusers_model(folder, variant, dtype, cn_lib.ControlNetConfig, cn_lib.ControlNetModel,
+                               cn_lib.init_params_shape)
 
 
 def load_text_encoder(folder: PathLike, *, dtype: Any = "float32", variant: str | None = None):
