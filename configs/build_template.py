@@ -40,6 +40,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.fit.refine_every = 100
   config.fit.reset_every = 3000
   config.fit.max_gaussians = 200_000
+  config.fit.means_lr_final = 0.01  # exponential means-LR decay over the fit, as gsplat
+  # Rasterizer tiles: 16 px as in 3DGS; 8 px with 32 tiles per step is ~1.6x faster on CPU.
+  config.fit.tile_size = 16
+  config.fit.tiles_per_step = 8
 
   config.template = ml_collections.ConfigDict()
   config.template.background = (0.0, 0.0, 0.0)  # the official template renders are on black

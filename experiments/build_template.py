@@ -126,3 +126,8 @@ def run(config) -> dict:
   print(json.dumps({k: v for k, v in results.items() if k not in ("landmarks",)}, indent=1))
   print(f"wrote {out_dir / 'template'}")
   return results
+
+
+if __name__ == "__main__":
+  from experiments import run as _run
+  _run.launch("configs/build_template.py")

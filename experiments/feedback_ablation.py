@@ -42,3 +42,8 @@ def run(config) -> dict:
   write_json(f"{config.out_dir}/ablation.json", report)
   print(f"wrote {config.figure} and {config.out_dir}/ablation.json")
   return report
+
+
+if __name__ == "__main__":
+  from experiments import run as _run
+  _run.launch("configs/feedback_ablation.py")

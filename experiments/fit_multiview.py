@@ -70,3 +70,8 @@ def run(config) -> dict:
     tmp.write_text(config.to_json_best_effort(indent=2))
   print(f"wrote {out_dir}")
   return results
+
+
+if __name__ == "__main__":
+  from experiments import run as _run
+  _run.launch("configs/fit_multiview.py")

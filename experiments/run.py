@@ -1,7 +1,8 @@
 """The one entry point: `python -m experiments.run --config=configs/<name>.py [--config.key=value ...]`.
 
 Each config names its job (`config.job`); the job's module in `experiments/` exposes `run(config)`.
-With no --config, the default config is the README's install check.
+With no --config, the default config is the README's install check. Each job module can also be run
+directly (`python -m experiments.build_template --config=...`); its default config is its own.
 """
 
 from __future__ import annotations
@@ -9,12 +10,10 @@ from __future__ import annotations
 import importlib
 import sys
 
-from absl import app, flags
+from absl import app
 from ml_collections import config_flags
 
 DEFAULT_CONFIG = "configs/splatshot_sd15.py:smoke"
-
-_CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Path to a config file (and :arg).")
 
 JOBS = {
     "fit_multiview": "experiments.fit_multiview",
@@ -24,15 +23,20 @@ JOBS = {
 }
 
 
-def main(argv):
-  del argv
-  config = _CONFIG.value
-  job = config.get("job")
-  if job not in JOBS:
-    sys.exit(f"config field 'job' is {job!r}; expected one of {sorted(JOBS)}")
-  module = importlib.import_module(JOBS[job])
-  module.run(config)
+def launch(default_config: str = DEFAULT_CONFIG) -> None:
+  """Parses --config (default `default_config`) and runs the job the config names."""
+  config_flag = config_flags.DEFINE_config_file("config", default_config, "Path to a config file (and :arg).")
+
+  def main(argv):
+    del argv
+    config = config_flag.value
+    job = config.get("job")
+    if job not in JOBS:
+      sys.exit(f"config field 'job' is {job!r}; expected one of {sorted(JOBS)}")
+    importlib.import_module(JOBS[job]).run(config)
+
+  app.run(main)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch()

@@ -60,3 +60,8 @@ def run(config) -> dict:
   print(f"wrote {len(written)} outputs to {config.out_dir} in {time.time() - t_start:.0f} s")
   return metrics
 
+
+
+if __name__ == "__main__":
+  from experiments import run as _run
+  _run.launch("configs/splatshot_sd15.py")

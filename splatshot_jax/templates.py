@@ -332,7 +332,8 @@ def fit_scene(train: datasets.Views, points: np.ndarray, colors: Optional[np.nda
     train: Views to fit (cameras (V,), images (V, H, W, 3) float32).
     points: (M, 3) float32 init points; colors: (M, 3) or None.
     fit: mapping with num_iters, sh_degree_interval, densify (bool), refine_start_iter,
-      refine_stop_iter, refine_every, reset_every, max_gaussians (configs/fit_multiview.py's `fit`).
+      refine_stop_iter, refine_every, reset_every, max_gaussians and optionally means_lr_final, tile_size,
+      tiles_per_step (rasterizer settings; 8-px tiles are faster on CPU) (configs/fit_multiview.py's `fit`).
     init: mapping with sh_degree, opacity (its `init`).
     background: (3,) RGB behind the renders (the images' background).
     seed: PRNG seed.
@@ -346,8 +347,10 @@ def fit_scene(train: datasets.Views, points: np.ndarray, colors: Optional[np.nda
   centers = np.asarray(train.cameras.center)
   # gsplat's scene scale: 1.1 x the largest camera distance from the cameras' mean.
   scene_scale = 1.1 * float(np.linalg.norm(centers - centers.mean(0), axis=-1).max())
+  render_kwargs = tuple((k, int(fit[k])) for k in ("tile_size", "tiles_per_step") if k in fit)
   fit_cfg = fit_lib.FitConfig(num_iters=fit["num_iters"], scene_scale=scene_scale,
-                              background=tuple(background), sh_degree_interval=fit["sh_degree_interval"])
+                              background=tuple(background), sh_degree_interval=fit["sh_degree_interval"],
+                              means_lr_final=float(fit.get("means_lr_final", 1.0)), render_kwargs=render_kwargs)
   densify = fit_lib.DensifyConfig(
       refine_start_iter=fit["refine_start_iter"], refine_stop_iter=fit["refine_stop_iter"],
       refine_every=fit["refine_every"], reset_every=fit["reset_every"], max_gaussians=fit["max_gaussians"])

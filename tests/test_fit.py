@@ -111,9 +111,12 @@ def test_densify_clone_split_prune():
   faint = _toy(2, 0.001, opacity_logit=-10.0)
   g = jax.tree.map(lambda *x: np.concatenate(x), small, big, faint)
   grads = np.array([1, 1, 0, 0, 1, 0, 0, 0, 0], np.float32) * 1e-2  # 2 small + 1 big grow
-  out, counts = fit_lib.densify_and_prune(g, grads, cfg, 1.0, np.random.default_rng(0),
-                                          prune_big=False)
+  out, counts, source = fit_lib.densify_and_prune(g, grads, cfg, 1.0, np.random.default_rng(0),
+                                                  prune_big=False)
   assert counts == {"cloned": 2, "split": 1, "pruned": 2}
+  # Kept rows continue their own optimiser state (the split parent 4 and faint 7, 8 are gone);
+  # the 2 clones and 2 split children start fresh.
+  np.testing.assert_array_equal(source, [0, 1, 2, 3, 5, 6, -1, -1, -1, -1])
   # 4 small + 2 clones + 2 unsplit big + 2 children of the split one; the 2 faint ones pruned.
   assert out.num == 4 + 2 + 2 + 2
   scales = np.exp(out.log_scales).max(-1)
@@ -123,6 +126,27 @@ def test_densify_clone_split_prune():
   parent = np.asarray(big.means[0])
   children = np.asarray(out.means)[np.isclose(scales, 0.5 / 1.6)]
   assert np.all(np.linalg.norm(children - parent, axis=-1) < 5 * 0.5 * np.sqrt(3))
+
+
+def test_chunked_fit_continues_one_fit(scene):
+  """Without densification, fit_with_densification in 2 chunks is one 40-iteration fit: Adam moments
+  and step count, the SH schedule (a degree step inside the 2nd chunk) and the means-LR decay carry
+  over. A chunked fit that restarted its optimiser state is far off (the test can fail)."""
+  seed = int(np.random.default_rng().integers(1 << 30))
+  g0 = init_from_points(scene.points, None, sh_degree=1, init_opacity=0.3, rng=jax.random.PRNGKey(seed))
+  cams, images = scene.cameras[:1], jnp.asarray(scene.images[:1])  # one view: no sampling noise
+  cfg = fit_lib.FitConfig(num_iters=40, background=(1.0, 1.0, 1.0), lr_means=1.6e-3,
+                          sh_degree_interval=30, means_lr_final=0.01)
+  whole = fit_lib.fit(g0, cams, images, cfg, rng=jax.random.PRNGKey(0)).gaussians
+  dens = fit_lib.DensifyConfig(refine_start_iter=100, refine_every=20, reset_every=0, bucket=1)
+  chunked, _, _ = fit_lib.fit_with_densification(g0, cams, images, cfg, dens, rng=jax.random.PRNGKey(1))
+  restarted = fit_lib.fit(g0, cams, images, dataclasses.replace(cfg, num_iters=20), rng=jax.random.PRNGKey(0))
+  restarted = fit_lib.fit(restarted.gaussians, cams, images, dataclasses.replace(cfg, num_iters=20),
+                          rng=jax.random.PRNGKey(0)).gaussians
+  err = lambda g: max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                      for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(whole)))
+  assert err(chunked) < 1e-4, f"seed {seed}: chunked vs whole fit differ by {err(chunked):.2e}"
+  assert err(restarted) > 1e-2, f"seed {seed}: restarting Adam changed only {err(restarted):.2e}"
 
 
 def test_fit_with_densification_grows_and_keeps_padding_out(scene):
