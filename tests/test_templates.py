@@ -194,22 +194,21 @@ def test_synthetic_template_end_to_end(tmp_path):
 @pytest.mark.skipif(not (MULTIVIEW / "nersemble-333-48views").exists(),
                     reason=f"shared data absent: {MULTIVIEW / 'nersemble-333-48views'}")
 def test_build_333_reduced(tmp_path):
-  """Reduced build of the official template's views: quarter resolution, 400 iterations (the run in
-  docs/benchmarks.md, ~1 h on a loaded 2-core CPU). Bars sit below what that run measured (held-out
-  PSNR 25.6 dB); the issue's 30 dB needs the full 7000-iteration build."""
+  """Reduced build of the official template's views: quarter resolution, 3000 iterations (the run in
+  docs/benchmarks.md: held-out PSNR 30.8 dB; 1-2 h on a 2-core CPU). The bar is the issue's."""
   from configs import build_template as cfg_lib
   from experiments import build_template
   config = cfg_lib.get_config("333")
   config.data = str(MULTIVIEW / "nersemble-333-48views")
   config.scale = 0.25
   config.out_dir = str(tmp_path)
-  config.fit.update(num_iters=400, refine_start_iter=100, refine_stop_iter=300, refine_every=100,
-                    reset_every=0, sh_degree_interval=100)
-  config.template.lift_iters = 100
+  config.fit.update(num_iters=3000, refine_start_iter=300, refine_stop_iter=2500, refine_every=100,
+                    reset_every=0, sh_degree_interval=500, tile_size=8, tiles_per_step=32)
+  config.template.lift_iters = 300
   res = build_template.run(config)
   t = T.load_template(tmp_path / "template")
   assert len(t) == 48 and t.info.approximate_classes == () and bool(np.asarray(t.valid).all())
-  assert res["test"]["psnr"] > 24.0
+  assert res["test"]["psnr"] > 30.0
   assert res["landmarks"]["views_used"] >= 30 and res["landmarks"]["median_reproj_px"] < 1.5
   assert t.info.frontal_view == 8  # the official frontal camera
   assert res["heldout_parsing_sides_merged"]["pixel_acc"] > 0.85
