@@ -372,6 +372,24 @@ def _rows_from(a: np.ndarray, source: np.ndarray) -> np.ndarray:
   return out
 
 
+def _zero_padded(a: np.ndarray, size: int) -> np.ndarray:
+  """a with zero rows appended up to `size` rows (the moments of padding Gaussians)."""
+  return np.concatenate([a, np.zeros((size - len(a),) + a.shape[1:], a.dtype)])
+
+
+def reset_opacities(g: Gaussians, opt_state, prune_opa: float):
+  """3DGS opacity reset: opacities clamped to 2·prune_opa so stale Gaussians can be pruned later;
+  as in gsplat, the opacities' Adam moments restart with them (the other groups' are kept).
+
+  Returns (Gaussians, opt_state); `opt_state` is `fit`'s (per-group `inner_states`), rows matching g.
+  """
+  cap = np.log(2 * prune_opa / (1 - 2 * prune_opa))
+  g = dataclasses.replace(g, opacity_logits=np.minimum(g.opacity_logits, cap).astype(np.float32))
+  inner = dict(opt_state.inner_states)
+  inner["opacities"] = _map_rows(inner["opacities"], g.num, np.zeros_like)
+  return g, opt_state._replace(inner_states=inner)
+
+
 def fit_with_densification(
     gaussians: Gaussians,
     cameras: Camera,
@@ -397,8 +415,8 @@ def fit_with_densification(
     live = g.num
     size = -(-live // densify.bucket) * densify.bucket
     padded = _pad_to(g, size)
-    if opt_state is not None:  # padding rows get zero moments
-      opt_state = _map_rows(opt_state, live, lambda a: np.concatenate([a, np.zeros((size - live,) + a.shape[1:], a.dtype)]))
+    if opt_state is not None:
+      opt_state = _map_rows(opt_state, live, lambda a: _zero_padded(a, size))
     rng, key = jax.random.split(rng)
     result = fit(padded, cameras, images, dataclasses.replace(chunk_cfg, num_iters=n_iters), rng=key,
                  start_iter=it, opt_state=opt_state)
@@ -417,13 +435,7 @@ def fit_with_densification(
       opt_state = _map_rows(opt_state, live, lambda a: _rows_from(a, source))
       stats.update(counts, num=g.num)
     if densify.reset_every and it % densify.reset_every == 0 and it < densify.refine_stop_iter:
-      # 3DGS opacity reset: clamp to 2·prune threshold so stale Gaussians can be pruned later.
-      cap = np.log(2 * densify.prune_opa / (1 - 2 * densify.prune_opa))
-      g = dataclasses.replace(g, opacity_logits=np.minimum(g.opacity_logits, cap).astype(np.float32))
-      # As gsplat: the opacities' Adam moments restart with them.
-      inner = dict(opt_state.inner_states)
-      inner["opacities"] = _map_rows(inner["opacities"], g.num, np.zeros_like)
-      opt_state = opt_state._replace(inner_states=inner)
+      g, opt_state = reset_opacities(g, opt_state, densify.prune_opa)
     if progress is not None:
       progress(n_iters, stats)
   return jax.tree.map(jnp.asarray, g), np.concatenate(losses), worst_overflow

@@ -149,6 +149,25 @@ def test_chunked_fit_continues_one_fit(scene):
   assert err(restarted) > 1e-2, f"seed {seed}: restarting Adam changed only {err(restarted):.2e}"
 
 
+def test_reset_opacities_clamps_and_restarts_their_moments(scene):
+  g0 = init_from_points(scene.points, None, sh_degree=1, init_opacity=0.3, rng=jax.random.PRNGKey(2))
+  result = fit_lib.fit(g0, scene.cameras, jnp.asarray(scene.images),
+                       fit_lib.FitConfig(num_iters=5, background=(1.0, 1.0, 1.0)), rng=jax.random.PRNGKey(0))
+  g = jax.tree.map(np.asarray, result.gaussians)
+  g = dataclasses.replace(g, opacity_logits=np.linspace(-8.0, 8.0, g.num).astype(np.float32))
+  reset, state = fit_lib.reset_opacities(g, result.opt_state, prune_opa=0.005)
+  np.testing.assert_allclose(1 / (1 + np.exp(-reset.opacity_logits)),
+                             np.minimum(1 / (1 + np.exp(-g.opacity_logits)), 0.01), rtol=1e-5)
+  for name, before in result.opt_state.inner_states.items():
+    moments = [np.asarray(a) for a in jax.tree.leaves(state.inner_states[name]) if np.ndim(a)]
+    old = [np.asarray(a) for a in jax.tree.leaves(before) if np.ndim(a)]
+    assert moments and all(np.any(a != 0) for a in old), name  # 5 steps left moments in every group
+    if name == "opacities":
+      assert all(not np.any(a) for a in moments)
+    else:
+      assert all(np.array_equal(a, b) for a, b in zip(moments, old)), name
+
+
 def test_fit_with_densification_grows_and_keeps_padding_out(scene):
   g0 = _init(scene, 5)
   cfg = fit_lib.FitConfig(num_iters=40, background=(1.0, 1.0, 1.0), lr_means=1.6e-3)
