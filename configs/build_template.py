@@ -24,6 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.rig = "auto"
   config.seed = 0
   config.out_dir = "outputs/build_template"
+  config.overwrite = False  # replace a finished run in out_dir (else refused up front)
   config.preview_views = 8
 
   config.init = ml_collections.ConfigDict()

@@ -19,6 +19,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.background = (1.0, 1.0, 1.0)  # NeRSemble captures have a white background
   config.seed = 0
   config.out_dir = "outputs/fit_multiview"
+  config.overwrite = False  # replace a finished run in out_dir (else refused up front)
 
   config.init = ml_collections.ConfigDict()
   config.init.sh_degree = 3

@@ -26,6 +26,7 @@ def get_config(arg=None):
   config.template_override = ""  # a template name used regardless of the choice
   config.num_views = 48  # views 0-15 real NeRSemble cameras (8 frontal), 16-47 interpolated
   config.out_dir = "outputs/splatshot"
+  config.overwrite = False  # replace a finished run in out_dir (else refused up front)
 
   # The prior.
   config.sd = ml_collections.ConfigDict()
@@ -102,6 +103,7 @@ def get_config(arg=None):
     config.guidance.refit_iters_first = 10  # same length every step: the step compiles once
     config.guidance.refit_iters = 10
     config.outputs.turntable_frames = 8
+    config.overwrite = True  # the install check is rerun into the same folder
   elif arg not in (None, ""):
     raise ValueError(f"configs/splatshot_sd15.py: unknown arg {arg!r}; expected '' or 'smoke'")
   return config

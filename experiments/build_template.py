@@ -5,8 +5,10 @@
 Writes to config.out_dir: the template folder (`template/`, see splatshot_jax.templates), a preview grid
 (`preview.png`: renders | heatmaps | parsing), `metrics.json` (held-out PSNR/SSIM, landmark
 reprojection error, held-out parsing agreement where the set has parsing maps, timings) and the
-resolved `config.json`. The fitted Gaussians are saved as `fit.ply` as soon as the fit ends;
-`--config.gaussians=OUT/fit.ply` rebuilds the controls from them without refitting.
+resolved `config.json`. The fitted Gaussians are saved as `fit.ply` as soon as the fit ends (when a
+later stage fails they are kept in OUT.failed/: see io.atomic.run_folder);
+`--config.gaussians=OUT/fit.ply` rebuilds the controls from them without refitting. Every input is
+checked first (`preflight.check_build_template`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from splatshot_jax import templates
+from configs import build_template as build_template_config
+from splatshot_jax import errors, preflight, templates
 from splatshot_jax.face import controls
 from splatshot_jax.io import atomic, images as image_io, ply
 
@@ -42,8 +45,13 @@ def _background(config, scene_images: np.ndarray | None) -> tuple[float, float, 
 
 
 def run(config) -> dict:
-  out_dir = Path(config.out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  errors.raise_if_problems(preflight.check_build_template(config, reference=build_template_config.get_config()),
+                           "cannot start the build_template job")
+  with atomic.run_folder(config.out_dir, job="build_template") as out_dir:
+    return _run(config, out_dir)
+
+
+def _run(config, out_dir: Path) -> dict:
   tcfg = template_config(config.template)
   t_start = time.time()
   results: dict = {}
@@ -124,7 +132,7 @@ def run(config) -> dict:
   with atomic.atomic_path(out_dir / "config.json") as tmp:
     tmp.write_text(config.to_json_best_effort(indent=2))
   print(json.dumps({k: v for k, v in results.items() if k not in ("landmarks",)}, indent=1))
-  print(f"wrote {out_dir / 'template'}")
+  print(f"wrote {Path(config.out_dir) / 'template'}")
   return results
 
 

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from splatshot_jax import outputs, templates
+from configs import fit_multiview as fit_multiview_config
+from splatshot_jax import errors, outputs, preflight, templates
 from splatshot_jax.io import atomic, images as image_io, ply
 from splatshot_jax.render import render_views
 
@@ -28,8 +29,13 @@ def turntable(g, rig_cameras, front_cam, frames: int, background) -> np.ndarray:
 
 
 def run(config) -> dict:
-  out_dir = Path(config.out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  errors.raise_if_problems(preflight.check_fit_multiview(config, reference=fit_multiview_config.get_config()),
+                           "cannot start the fit_multiview job")
+  with atomic.run_folder(config.out_dir, job="fit_multiview") as out_dir:
+    return _run(config, out_dir)
+
+
+def _run(config, out_dir: Path) -> dict:
   scene = templates.load_scene(config.data, scale=config.scale, holdout=config.holdout,
                                background=tuple(config.background), hull_points=config.init.hull_points,
                                seed=config.seed)
@@ -68,7 +74,7 @@ def run(config) -> dict:
     tmp.write_text(json.dumps(results, indent=2))
   with atomic.atomic_path(out_dir / "config.json") as tmp:
     tmp.write_text(config.to_json_best_effort(indent=2))
-  print(f"wrote {out_dir}")
+  print(f"wrote {config.out_dir}")
   return results
 
 

@@ -3,15 +3,26 @@
 Each config names its job (`config.job`); the job's module in `experiments/` exposes `run(config)`.
 With no --config, the default config is the README's install check. Each job module can also be run
 directly (`python -m experiments.build_template --config=...`); its default config is its own.
+
+Mistakes in the inputs (an unknown config key, a bad value, a missing or broken file) are printed as
+one message listing every problem, exit code 2; `--debug` (or SPLATSHOT_DEBUG=1) adds the traceback.
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import re
 import sys
+import traceback
 
-from absl import app
+from absl import flags
 from ml_collections import config_flags
+from ml_collections.config_flags import config_flags as config_flags_impl
+
+from splatshot_jax import errors
+from splatshot_jax.errors import Problem
 
 DEFAULT_CONFIG = "configs/splatshot_sd15.py:smoke"
 
@@ -22,20 +33,91 @@ JOBS = {
     "feedback_ablation": "experiments.feedback_ablation",
 }
 
+_CONFIG_ARG = re.compile(r"^--?config(=|$)")
+_OVERRIDE_ARG = re.compile(r"^--?(?:no)?config\.([^=\s]+)")
 
-def launch(default_config: str = DEFAULT_CONFIG) -> None:
-  """Parses --config (default `default_config`) and runs the job the config names."""
-  config_flag = config_flags.DEFINE_config_file("config", default_config, "Path to a config file (and :arg).")
 
-  def main(argv):
-    del argv
-    config = config_flag.value
+class _CheckedConfigFile(config_flags_impl.ConfigFileFlagParser):
+  """Loads the config file, then checks the command line's `--config.a.b=` keys against it.
+
+  ml_collections would fail on an unknown key with a bare KeyError/AttributeError while defining the
+  override flags; this runs first (the flag's parser is called before its overrides are defined) and
+  names `config.a.b`, the valid keys and the nearest one.
+  """
+
+  def __init__(self, argv):
+    super().__init__(name="config", lock_config=True)
+    self._argv = argv
+
+  def parse(self, path):
+    try:
+      config = super().parse(path)
+    except (TypeError, ValueError) as e:  # get_config raised (e.g. an unknown ':arg')
+      last = [line for line in str(e).splitlines() if line.strip()][-1]
+      raise errors.UserInputError([Problem("--config", last, path)], "cannot load the config") from e
+    if type(config).__name__ == "_ErrorConfig":  # ml_collections defers a missing file's IOError
+      err = object.__getattribute__(config, "_error")
+      raise errors.UserInputError([Problem("--config", f"cannot read the config file ({err})", path)],
+                                  "cannot load the config")
+    from splatshot_jax import preflight  # pylint: disable=import-outside-toplevel
+    overrides = [m.group(1) for a in self._argv[1:] if (m := _OVERRIDE_ARG.match(a))]
+    errors.raise_if_problems(preflight.check_override_keys(config, overrides), "bad command line")
+    return config
+
+
+def parse_config(argv: list[str], default_config: str = DEFAULT_CONFIG):
+  """The ConfigDict that `argv` (with argv[0] the program) describes: --config=FILE[:arg] and overrides."""
+  argv = list(argv)
+  if not any(_CONFIG_ARG.match(a) for a in argv[1:]):
+    argv.insert(1, f"--config={default_config}")
+  fv = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file("config", default_config, "Path to a config file (and :arg).",
+                                           flag_values=fv, sys_argv=argv)
+  fv["config"].parser = _CheckedConfigFile(argv)
+  try:
+    fv(argv)
+  except flags.Error as e:
+    raise errors.UserInputError([Problem("", str(e))], "bad command line") from e
+  return holder.value
+
+
+def _debug_wanted(argv: list[str]) -> tuple[bool, list[str]]:
+  debug = os.environ.get("SPLATSHOT_DEBUG", "") not in ("", "0")
+  rest = []
+  for a in argv:
+    if a in ("--debug", "-debug", "--debug=true", "--debug=True"):
+      debug = True
+    elif a in ("--nodebug", "--debug=false", "--debug=False"):
+      debug = False
+    else:
+      rest.append(a)
+  return debug, rest
+
+
+def main(argv: list[str] | None = None, default_config: str = DEFAULT_CONFIG) -> int:
+  """Runs the job the config names; returns the exit code (0, or 2 for a user error)."""
+  debug, argv = _debug_wanted(list(sys.argv if argv is None else argv))
+  try:
+    config = parse_config(argv, default_config)
     job = config.get("job")
     if job not in JOBS:
-      sys.exit(f"config field 'job' is {job!r}; expected one of {sorted(JOBS)}")
+      raise errors.UserInputError([Problem("config.job", f"is {job!r}; expected one of {sorted(JOBS)}")],
+                                  "unknown job")
     importlib.import_module(JOBS[job]).run(config)
+  except errors.user_error_types() as e:
+    if debug:
+      traceback.print_exc()
+    message = e.format() if isinstance(e, errors.UserInputError) else f"{type(e).__name__}: {e}"
+    print(f"error: {message}", file=sys.stderr)
+    if not debug:
+      print("(run with --debug or SPLATSHOT_DEBUG=1 to see the traceback)", file=sys.stderr)
+    return errors.EXIT_USER_ERROR
+  return 0
 
-  app.run(main)
+
+def launch(default_config: str = DEFAULT_CONFIG) -> None:
+  """Parses sys.argv (--config, default `default_config`) and runs the job the config names."""
+  sys.exit(main(sys.argv, default_config))
 
 
 if __name__ == "__main__":

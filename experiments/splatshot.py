@@ -4,7 +4,9 @@
   python -m experiments.run --config=configs/splatshot_sd15.py:smoke    # install check (random tiny weights)
 
 Writes to config.out_dir: avatar.ply, base.ply (standard 3DGS), views/ + views_grid.png, x0_grid.png (decoded x0
-per step), renders_grid.png, turntable.mp4, cameras.json, config.json and metrics.json.
+per step), renders_grid.png, turntable.mp4, cameras.json, config.json, metrics.json and RUN.json. Every input is
+checked first (`preflight.check_splatshot`); the run writes a hidden sibling folder renamed to out_dir when it
+completes (`io.atomic.run_folder`); a failed run (e.g. values that became NaN) leaves what it had in OUT.failed/.
 """
 
 from __future__ import annotations
@@ -13,19 +15,28 @@ import time
 
 import jax
 
-from splatshot_jax import guidance, outputs, pipeline, sampler
+from configs import splatshot_sd15
+from splatshot_jax import errors, guidance, outputs, pipeline, preflight, sampler
+from splatshot_jax.io import atomic
 from splatshot_jax.render import RenderOverflowError, check_overflow, render_views
 
 
 def run(config) -> dict:
   t_start = time.time()
+  # Every input (weights, photo, template, values, out_dir) before any model is built: all problems at once.
+  errors.raise_if_problems(preflight.check_splatshot(config, reference=splatshot_sd15.get_config()),
+                           "cannot start the splatshot job")
+  with atomic.run_folder(config.out_dir, job="splatshot") as out:
+    return _run(config, out, t_start)
+
+
+def _run(config, out, t_start: float) -> dict:
   install_check = config.weights == pipeline.RANDOM_TINY
   if install_check:
     print("install check: random tiny denoiser weights and a synthetic template; the avatar is noise-like by "
           "design (give --config.weights and --config.photo for a real run)")
     photo = None
   else:
-    pipeline.resolve_weights(config.sd, config.weights)  # fail fast, listing every missing file
     photo = pipeline.load_photo(config.photo)
   template, choice = pipeline.load_base_template(config, photo)
   num_views, height, width = template.renders.shape[:3]
@@ -38,8 +49,13 @@ def run(config) -> dict:
   schedule = getattr(prior, "schedule", None)
 
   t_setup = time.time()
-  result = sampler.run_splatshot(prior, template, cond_photo, cfg, jax.random.PRNGKey(config.seed), scene=scene,
-                                 template_cond=cond_template, schedule=schedule)
+  try:
+    result = sampler.run_splatshot(prior, template, cond_photo, cfg, jax.random.PRNGKey(config.seed), scene=scene,
+                                   template_cond=cond_template, schedule=schedule)
+  except errors.NonFiniteError as e:
+    if e.partial is not None:  # keep the steps that were fine (the folder is moved to OUT.failed)
+      outputs.write_step_grids(out, e.partial["x0_images"], e.partial["renders"], e.partial["timesteps"])
+    raise
   t_run = time.time()
 
   metrics = {"install_check": install_check, "template_choice": choice, "num_views": int(num_views),
@@ -53,7 +69,7 @@ def run(config) -> dict:
   if photo is not None:
     frontal = template.info.frontal_view if template.info.frontal_view < num_views else 0
     metrics["identity_distance"] = pipeline.identity_report(photo, result.final_images, template.cameras, frontal)
-  written = outputs.write_outputs(result, config.out_dir, cameras=template.cameras, config=config,
+  written = outputs.write_outputs(result, out, cameras=template.cameras, config=config,
                                   extra_metrics=metrics, render=scene.render,
                                   turntable_frames=config.outputs.turntable_frames,
                                   turntable_fps=config.outputs.turntable_fps)

@@ -69,6 +69,25 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     Path(tmp).write_text(json.dumps(obj, indent=2, default=_json_default))
 
 
+def write_step_grids(out: Path, x0_images: np.ndarray, renders: np.ndarray, timesteps) -> dict[str, Path]:
+  """x0_grid.png (and renders_grid.png when feedback rendered anything): rows steps, columns views.
+
+  Args:
+    x0_images, renders: (S, V, h, w, 3) uint8 per-step thumbnails; timesteps: (S,) the steps' t.
+  """
+  out = Path(out)
+  steps, num_views = x0_images.shape[:2]
+  step_labels = [f"t={int(timesteps[s])}" if v == 0 else "" for s in range(steps) for v in range(num_views)]
+  image_io.save_grid(list(x0_images.reshape((-1,) + x0_images.shape[2:])), out / "x0_grid.png",
+                     ncols=num_views, labels=step_labels)
+  written = {"x0_grid": out / "x0_grid.png"}
+  if np.any(renders):
+    image_io.save_grid(list(renders.reshape((-1,) + renders.shape[2:])), out / "renders_grid.png",
+                       ncols=num_views, labels=step_labels)
+    written["renders_grid"] = out / "renders_grid.png"
+  return written
+
+
 def write_outputs(
     result,
     out_dir: str | os.PathLike,
@@ -111,15 +130,7 @@ def write_outputs(
   image_io.save_grid(list(views), out / "views_grid.png", labels=labels)
   written.update(views=out / "views", views_grid=out / "views_grid.png")
 
-  steps, num_views = result.x0_images.shape[:2]
-  step_labels = [f"t={int(result.timesteps[s])}" if v == 0 else "" for s in range(steps) for v in range(num_views)]
-  image_io.save_grid(list(result.x0_images.reshape((-1,) + result.x0_images.shape[2:])), out / "x0_grid.png",
-                     ncols=num_views, labels=step_labels)
-  written["x0_grid"] = out / "x0_grid.png"
-  if np.any(result.renders):
-    image_io.save_grid(list(result.renders.reshape((-1,) + result.renders.shape[2:])), out / "renders_grid.png",
-                       ncols=num_views, labels=step_labels)
-    written["renders_grid"] = out / "renders_grid.png"
+  written.update(write_step_grids(out, result.x0_images, result.renders, result.timesteps))
 
   if render is not None and turntable_frames > 0:
     orbit = turntable_cameras(cameras, turntable_frames)

@@ -43,8 +43,8 @@ class WeightPaths:
   image_encoder: Path
 
 
-def resolve_weights(sd_config, weights_root: str) -> WeightPaths:
-  """Paths of every checkpoint the SD prior needs; raises MissingInputsError listing all absent ones."""
+def weight_paths(sd_config, weights_root: str) -> tuple[WeightPaths, list[tuple[str, Path]]]:
+  """(the checkpoint paths, [(config field, file that must exist)]) of the SD prior's weights."""
   root = Path(weights_root).expanduser()
   at = lambda p: None if not p else (Path(p) if Path(p).is_absolute() else root / p)
   paths = WeightPaths(base=at(sd_config.base), vae=at(sd_config.vae),
@@ -56,14 +56,23 @@ def resolve_weights(sd_config, weights_root: str) -> WeightPaths:
   if paths.vae is not None:
     wanted.append(("config.sd.vae", paths.vae / "config.json"))
   wanted += [(f"config.sd.controlnets[{i}]", c / "config.json") for i, c in enumerate(paths.controlnets)]
+  return paths, wanted
+
+
+def missing_weights_message(weights_root: str, missing: list[str]) -> str:
+  return ("SplatShot needs these checkpoints (nothing is downloaded at run time):\n" + "\n".join(missing)
+          + f"\nLooked under config.weights = {str(Path(weights_root).expanduser())!r}; see "
+          f"splatshot_jax/pipeline.py for the layout, or use --config.weights={RANDOM_TINY} for the install check.")
+
+
+def resolve_weights(sd_config, weights_root: str) -> WeightPaths:
+  """Paths of every checkpoint the SD prior needs; raises MissingInputsError listing all absent ones."""
+  paths, wanted = weight_paths(sd_config, weights_root)
   missing = [f"  {what}: {path}" for what, path in wanted if not path.exists()]
   if not weights_root:
     missing.insert(0, "  config.weights is empty (give the folder that holds the checkpoints)")
   if missing:
-    raise MissingInputsError(
-        "SplatShot needs these checkpoints (nothing is downloaded at run time):\n" + "\n".join(missing)
-        + f"\nLooked under config.weights = {str(root)!r}; see splatshot_jax/pipeline.py for the layout, "
-        f"or use --config.weights={RANDOM_TINY} for the install check.")
+    raise MissingInputsError(missing_weights_message(weights_root, missing))
   return paths
 
 
@@ -97,20 +106,33 @@ def pad_template(t: templates.Template, multiple: int = 16) -> templates.Templat
                    cameras=cam_lib.pad(t.cameras, top, bottom, left, right))
 
 
+def template_hint(folder: Path) -> str:
+  """How to get a template at `folder` when it is not one ('' when there is nothing to add)."""
+  build = ("  python -m experiments.run --config=configs/build_template.py:333 "
+           "--config.data=../shared/data/multiview/nersemble-333-48views --config.out_dir={out}")
+  if (folder / "view_000.npz").exists() and not any((folder / n).exists()
+                                                    for n in ("gaussians.ply", templates.OFFICIAL_PLY)):
+    return ("\nThis looks like a view set without its 3DGS (like the shared nersemble-333-48views). Build a "
+            f"template from it first:\n{build.format(out=f'templates/{folder.name}')}\nthen pass "
+            f"--config.template=templates/{folder.name} (or, if you have the template's 3DGS, put it beside the "
+            f"views as {templates.OFFICIAL_PLY}: official SplatShot template folders load as they are)")
+  if not folder.exists():
+    return f"\nBuild one from a calibrated multi-view head, e.g.:\n{build.format(out=folder)}"
+  return ""
+
+
+def template_folders(config) -> list[Path]:
+  """The template folders config.template names (comma-separated); [] for "synthetic"."""
+  if config.template == "synthetic":
+    return []
+  return [Path(f.strip()).expanduser() for f in config.template.split(",") if f.strip()]
+
+
 def _load_template_folder(folder: Path) -> templates.Template:
   try:
     return templates.load_template(folder)
   except templates.TemplateError as e:
-    build = ("  python -m experiments.run --config=configs/build_template.py:333 "
-             "--config.data=../shared/data/multiview/nersemble-333-48views --config.out_dir={out}")
-    hint = ""
-    if (folder / "view_000.npz").exists() and not (folder / "gaussians.ply").exists():
-      hint = ("\nThis looks like a view set without its 3DGS (like the shared nersemble-333-48views). Build a "
-              f"template from it first:\n{build.format(out=f'templates/{folder.name}')}\nthen pass "
-              f"--config.template=templates/{folder.name}")
-    elif not folder.exists():
-      hint = f"\nBuild one from a calibrated multi-view head, e.g.:\n{build.format(out=folder)}"
-    raise MissingInputsError(f"config.template: {e}{hint}") from e
+    raise MissingInputsError(f"config.template: {e}{template_hint(folder)}") from e
 
 
 def load_base_template(config, photo: np.ndarray | None = None) -> tuple[templates.Template, dict]:
@@ -126,8 +148,7 @@ def load_base_template(config, photo: np.ndarray | None = None) -> tuple[templat
     t = templates.synthetic_template(num_gaussians=config.synthetic.num_gaussians, size=config.synthetic.size,
                                      rig=config.synthetic.rig)
   else:
-    folders = [Path(f.strip()).expanduser() for f in config.template.split(",") if f.strip()]
-    candidates = [_load_template_folder(f) for f in folders]
+    candidates = [_load_template_folder(f) for f in template_folders(config)]
     t = candidates[0]
     if len(candidates) > 1:
       if photo is None:
@@ -136,8 +157,11 @@ def load_base_template(config, photo: np.ndarray | None = None) -> tuple[templat
                                             override=config.get("template_override", ""))
       choice_info = {"candidates": [c.name for c in candidates], "scores": np.asarray(choice.scores).tolist()}
   choice_info["template"] = t.name
-  if config.num_views and config.num_views < len(t):
-    n = config.num_views
+  n = config.num_views
+  if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(t):  # preflight reports it first
+    raise MissingInputsError(f"config.num_views: expected an integer in [1, {len(t)}] (the template's views), "
+                             f"got {n!r}")
+  if n < len(t):
     t = t.replace(cameras=t.cameras[:n], renders=t.renders[:n], heatmaps=t.heatmaps[:n], parsing=t.parsing[:n],
                   valid=t.valid[:n])
   return pad_template(t), choice_info

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from splatshot_jax import guidance
+from splatshot_jax import errors, guidance
 from splatshot_jax.diffusion import ddim
 
 Pytree = Any
@@ -91,6 +91,11 @@ def sampler_config(config) -> SamplerConfig:
   return dataclasses.replace(s, guidance=g)
 
 
+def _named_leaves(tree) -> list[tuple[str, Any]]:
+  """[(field path, leaf)] of a pytree, for messages."""
+  return [(jax.tree_util.keystr(path).lstrip("."), leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
+
+
 def sampler_timesteps(schedule: ddim.DDIMSchedule, strength: float, start: str = "official") -> np.ndarray:
   """(S,) int32 timesteps the run visits, descending (static: S sets the loop length)."""
   if start == "diffusers":
@@ -101,6 +106,28 @@ def sampler_timesteps(schedule: ddim.DDIMSchedule, strength: float, start: str =
     n = schedule.num_inference_steps
     return np.asarray(schedule.timesteps)[min(int(n * strength), n - 1):].astype(np.int32)
   raise ValueError(f"SamplerConfig.start={start!r}; expected 'official' or 'diffusers'")
+
+
+def _non_finite(step: int, t: int, x0: np.ndarray, renders: np.ndarray, loss: float, shift: float
+                ) -> list[errors.Problem]:
+  """What became NaN/inf at a step, from the host copies the loop already has (no extra device sync).
+
+  x0 is decoded from the latents, renders from the refit Gaussians, and the eps correction is the
+  gradient through the decoder: each names one part of the state.
+  """
+  problems = []
+  where = f"step {step} (t={t})"
+  for what, images in (("latents (the decoded x0)", x0), ("Gaussians (renders of the refit model)", renders)):
+    bad = ~np.isfinite(images).all(axis=tuple(range(1, images.ndim)))
+    if bad.any():
+      problems.append(errors.Problem("", f"{where}: the {what} became non-finite in views "
+                                         f"{np.nonzero(bad)[0].tolist()}"))
+  if not np.isfinite(shift):
+    problems.append(errors.Problem("", f"{where}: eps (the feedback correction w dL/deps, RMS {shift}) became "
+                                       "non-finite (a smaller config.guidance.guidance_weight may help)"))
+  if not np.isfinite(loss) and not problems:
+    problems.append(errors.Problem("", f"{where}: the discrepancy L between renders and x0 is {loss}"))
+  return problems
 
 
 def _thumbnail(images: jax.Array, size: int) -> np.ndarray:
@@ -178,14 +205,32 @@ def run_splatshot(
         state, jnp.int32(t), prior=prior, schedule=schedule, cameras=template.cameras, cond_photo=photo_cond,
         cond_template=template_cond, scene=scene, cfg=gcfg,
         refit_iters=gcfg.refit_iters_first if i == 0 else gcfg.refit_iters)
-    x0s.append(_thumbnail(aux.x0_images, cfg.thumbnail))
-    renders.append(_thumbnail(aux.renders, cfg.thumbnail))
+    x0, rendered = np.asarray(aux.x0_images, np.float32), np.asarray(aux.renders, np.float32)
     losses.append(float(aux.discrepancy))
     shifts.append(float(aux.eps_correction))
+    bad = _non_finite(i, int(t), x0, rendered, losses[-1], shifts[-1])
+    if bad:  # stop instead of writing NaNs; the steps before this one are kept for the failed folder
+      raise errors.NonFiniteError(
+          bad, f"the sampler stopped at step {i} of {len(timesteps)}", step=i,
+          partial=None if not x0s else {"x0_images": np.stack(x0s), "renders": np.stack(renders),
+                                        "timesteps": np.asarray(timesteps[:i], np.int32)})
+    x0s.append(_thumbnail(x0, cfg.thumbnail))
+    renders.append(_thumbnail(rendered, cfg.thumbnail))
     if cfg.progress:
       steps.set_postfix(t=int(t), L=f"{losses[-1]:.4f}")
 
   final = _decode(prior, state.z)
+  final_np = np.asarray(final)
+  leaves = [(k, np.asarray(v)) for k, v in _named_leaves(state.model)]  # copied to the host once, at the end
+  model_bad = [f"{k}: {int((~np.isfinite(v)).sum())}" for k, v in leaves
+               if v.dtype.kind == "f" and not np.isfinite(v).all()]
+  if model_bad or not np.isfinite(final_np).all():
+    what = ([f"the avatar Gaussians ({', '.join(model_bad)} non-finite values)"] if model_bad else []) + (
+        ["the final latents' decode"] if not np.isfinite(final_np).all() else [])
+    raise errors.NonFiniteError([errors.Problem("", f"after the last step: {' and '.join(what)}")],
+                                "the sampler produced non-finite values", step=len(timesteps),
+                                partial={"x0_images": np.stack(x0s), "renders": np.stack(renders),
+                                         "timesteps": np.asarray(timesteps, np.int32)})
   if scene is not None:
     # Eager on purpose: scene.render's own jit cache is shared with the template renders (no extra compile).
     weights = guidance.confidence_weights(scene.render(state.model, template.cameras), final,
@@ -195,7 +240,7 @@ def run_splatshot(
   return SplatShotResult(
       gaussians=state.model,
       base=template.gaussians,
-      final_images=np.asarray(final),
+      final_images=final_np,
       view_weights=np.asarray(weights),
       x0_images=np.stack(x0s),
       renders=np.stack(renders),

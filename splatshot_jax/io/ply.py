@@ -197,6 +197,26 @@ def _vertex(path: Path, required: list[str]) -> dict[str, np.ndarray]:
   return v
 
 
+def check_vertices(path: Path, v: dict[str, np.ndarray], names: list[str], what: str) -> None:
+  """Raises PlyError when the vertex element is empty or any of `names` holds NaN/inf.
+
+  A NaN that gets into a fit or a render propagates silently to every output (and an empty element
+  fails deep inside JAX), so both are rejected where the file is read, naming each property and count.
+  """
+  num = len(v[names[0]])
+  if num == 0:
+    raise PlyError(f"{path}: the vertex element has 0 rows; expected at least one {what}")
+  bad = {n: int((~np.isfinite(v[n].astype(np.float64))).sum()) for n in names if v[n].dtype.kind == "f"}
+  bad = {n: c for n, c in bad.items() if c}
+  if bad:
+    rows = np.zeros(num, bool)
+    for n in bad:
+      rows |= ~np.isfinite(v[n].astype(np.float64))
+    listed = ", ".join(f"{n}: {c}" for n, c in bad.items())
+    raise PlyError(f"{path}: {int(rows.sum())} of {num} {what}s have non-finite (NaN/inf) values ({listed}); "
+                   "expected finite numbers")
+
+
 def _to_unit(c: np.ndarray) -> np.ndarray:
   if c.dtype.kind in "ui":
     return c.astype(np.float32) / float(np.iinfo(c.dtype).max)
@@ -216,6 +236,7 @@ def read_points(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]
   """
   path = Path(path)
   v = _vertex(path, ["x", "y", "z"])
+  check_vertices(path, v, [n for n in v if isinstance(v[n], np.ndarray)], "point")
   pts = np.stack([v["x"], v["y"], v["z"]], -1).astype(np.float32)
   for names in (("red", "green", "blue"), ("r", "g", "b"),
                 ("diffuse_red", "diffuse_green", "diffuse_blue")):
@@ -293,6 +314,9 @@ def read_gaussians(path: str | os.PathLike) -> Gaussians:
 
   Returns:
     Gaussians, float32, sh (N, K, 3) with K = 1 + len(f_rest) / 3.
+
+  Raises:
+    PlyError: malformed file, missing properties, no vertices, or NaN/inf values (counted per property).
   """
   path = Path(path)
   names = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"]
@@ -304,6 +328,7 @@ def read_gaussians(path: str | os.PathLike) -> Gaussians:
   if n_rest % 3 or round(k ** 0.5) ** 2 != k or rest_names != [f"f_rest_{i}" for i in range(n_rest)]:
     raise PlyError(f"{path}: expected f_rest_0..f_rest_{{3*((d+1)^2-1)-1}} for an SH degree d, "
                    f"found {n_rest} f_rest properties")
+  check_vertices(path, v, names + rest_names, "Gaussian")
   col = lambda names: np.stack([v[c].astype(np.float32) for c in names], -1)
   num = len(v["x"])
   dc = col(["f_dc_0", "f_dc_1", "f_dc_2"])[:, None, :]

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 # Re-exports: `from splatshot_jax.templates import X` and `templates.X` work as before the split.
 from splatshot_jax.templates.folder import (BACKGROUND, FORMAT_VERSION, HEURISTIC_CLASSES, NUM_CLASSES,
-                                            PAD_MULTIPLE, REQUIRED_FILES, Template, TemplateError, TemplateInfo,
-                                            load_template, preview_grid, save_template)
+                                            OFFICIAL_PLY, PAD_MULTIPLE, REQUIRED_FILES, Template, TemplateError,
+                                            TemplateInfo, camera_problems, inspect_template, load_template,
+                                            preview_grid, save_template)
 from splatshot_jax.templates.control_maps import (approximate_view_labels, frontal_view, labels_from_render,
                                                   landmark_heatmaps, lift_labels, render_chunked, render_labels,
                                                   resize_labels, triangulate_template_landmarks)

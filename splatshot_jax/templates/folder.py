@@ -8,6 +8,9 @@ On disk a template is a folder that `cameras.load_splatshot_views` also reads (t
   meta.json           num_views, valid_views, padded_width, padded_height
   view_NNN.npz        padded_image (H, W render padded centred to multiples of 16 by reflection,
                       uint8), heatmap_control, parsing_control (H, W, 3) uint8, viewmat, K, valid
+
+The official SplatShot precomputed templates (meta.json, view_NNN.npz and point_cloud.ply, no
+manifest) load as they are (`load_template`), with the control maps they carry.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ FORMAT_VERSION = 1
 NUM_CLASSES = len(controls.CLASS_NAMES)  # 19 CelebAMask-HQ classes
 BACKGROUND = controls.CLASS["background"]
 REQUIRED_FILES = ("gaussians.ply", "manifest.json", "meta.json")
+OFFICIAL_PLY = "point_cloud.ply"  # the official templates' 3DGS, beside their meta.json and view_NNN.npz
 PAD_MULTIPLE = 16  # SplatShot pads renders to multiples of 16 (the VAE's 8 x the UNet's 2)
 # Classes `approximate_parsing` derives from region heuristics (hairline, neck band) rather than from
 # landmark polygons; see its docstring.
@@ -199,46 +203,141 @@ def _read_manifest(path: Path) -> dict:
   return m
 
 
-def load_template(folder: str | os.PathLike) -> Template:
-  """Reads a template folder written by `save_template`.
+def _view_list(indices) -> str:
+  names = [f"view_{int(i):03d}.npz" for i in indices]
+  return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
-  Renders come back quantised to 8 bits (they are stored as the official uint8 `padded_image`).
 
-  Raises:
-    TemplateError: the folder, or files in it, are missing (all missing files are listed) or the
-      manifest is malformed; cameras.CameraFormatError / io.ply.PlyError for malformed views / PLY.
+def camera_problems(folder: Path, cameras: Camera) -> list[str]:
+  """NaN/inf and inconsistent cameras of a view folder (each problem names the field and the views).
+
+  Consistent means: viewmat is a rigid world-to-camera transform (orthonormal rotation with det +1,
+  last row 0 0 0 1) and K a pinhole matrix with positive focal lengths and last row 0 0 1.
+  """
+  vm, K = np.asarray(cameras.viewmat, np.float64), np.asarray(cameras.K, np.float64)
+  problems = []
+  finite = np.ones(len(vm), bool)
+  for name, a in (("viewmat", vm), ("K", K)):
+    ok = np.isfinite(a).all(axis=(1, 2))
+    finite &= ok
+    if not ok.all():
+      problems.append(f"{folder}: field '{name}' has NaN/inf values in {int((~ok).sum())} of {len(a)} views "
+                      f"({_view_list(np.nonzero(~ok)[0])}); expected finite numbers")
+  vm, K = np.where(finite[:, None, None], vm, np.eye(4)), np.where(finite[:, None, None], K, np.eye(3))
+  R = vm[:, :3, :3]
+  rigid = ((np.abs(R @ np.swapaxes(R, 1, 2) - np.eye(3)).max(axis=(1, 2)) < 1e-3)
+           & (np.linalg.det(R) > 0) & (np.abs(vm[:, 3] - [0, 0, 0, 1]).max(-1) < 1e-6))
+  if not rigid.all():
+    problems.append(f"{folder}: field 'viewmat' is not a rigid world-to-camera transform (orthonormal "
+                    f"rotation, last row 0 0 0 1) in {_view_list(np.nonzero(~rigid)[0])}")
+  pinhole = (K[:, 0, 0] > 0) & (K[:, 1, 1] > 0) & (np.abs(K[:, 2] - [0, 0, 1]).max(-1) < 1e-6)
+  if not pinhole.all():
+    problems.append(f"{folder}: field 'K' is not a pinhole matrix (fx, fy > 0, last row 0 0 1) in "
+                    f"{_view_list(np.nonzero(~pinhole)[0])}")
+  return problems
+
+
+def inspect_template(folder: str | os.PathLike) -> tuple[list[str], dict | None]:
+  """Every problem of a template folder at once, and its parts when there are none.
+
+  Two layouts are read: this project's (`save_template`: manifest.json + gaussians.ply) and the
+  official SplatShot precomputed templates (meta.json, view_NNN.npz and the template's
+  point_cloud.ply, no manifest). Everything is checked: required files, meta/manifest fields, each
+  view's npz (fields, shapes), cameras (finite, consistent: `camera_problems`) and the PLY (readable,
+  >= 1 Gaussian, finite values), and the manifest against the views.
+
+  Returns:
+    (problems, each naming the file; parts {"data": MultiviewData, "gaussians", "manifest" or None,
+     "meta", "ply"} or None when there are problems).
   """
   folder = Path(folder)
   if not folder.is_dir():
-    raise TemplateError(f"{folder}: not a directory (expected a template folder with "
-                        f"{', '.join(REQUIRED_FILES)} and view_NNN.npz)")
-  missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
-  m = None
+    return [f"{folder}: not a directory (expected a template folder with {', '.join(REQUIRED_FILES)} and "
+            f"view_NNN.npz, or an official SplatShot one with {OFFICIAL_PLY}, meta.json and view_NNN.npz)"], None
+  problems: list[str] = []
+  m = meta = None
   if (folder / "manifest.json").is_file():
-    m = _read_manifest(folder / "manifest.json")
-    missing += [f"view_{v:03d}.npz" for v in range(m["num_views"])
-                if not (folder / f"view_{v:03d}.npz").is_file()]
+    ply_path = folder / "gaussians.ply"
+    missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
+    try:
+      m = _read_manifest(folder / "manifest.json")
+    except TemplateError as e:
+      problems.append(str(e))
+  else:  # the official layout
+    ply_path = next((folder / n for n in ("gaussians.ply", OFFICIAL_PLY) if (folder / n).is_file()),
+                    folder / OFFICIAL_PLY)
+    missing = [] if ply_path.is_file() else [f"gaussians.ply (or the official {OFFICIAL_PLY})"]
+    missing += [] if (folder / "meta.json").is_file() else ["meta.json", "manifest.json"]
+  if (folder / "meta.json").is_file():
+    try:
+      meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+      problems.append(f"{folder / 'meta.json'}: invalid JSON ({e})")
+  num_views = m["num_views"] if m is not None else (meta or {}).get("num_views")
+  if isinstance(num_views, int) and not isinstance(num_views, bool):
+    missing += [f"view_{v:03d}.npz" for v in range(num_views) if not (folder / f"view_{v:03d}.npz").is_file()]
   if missing:
-    raise TemplateError(f"{folder}: incomplete template, missing {', '.join(missing)}")
-  data = cam_lib.load_splatshot_views(folder)
-  if len(data) != m["num_views"] or [data.cameras.width, data.cameras.height] != m["size"]:
-    raise TemplateError(f"{folder}: manifest.json says {m['num_views']} views of size {m['size']}, "
-                        f"the views hold {len(data)} of {[data.cameras.width, data.cameras.height]}")
-  g = ply.read_gaussians(folder / "gaussians.ply")
-  lm = np.array([[np.nan if v is None else v for v in p] for p in m["landmarks3d"]], np.float32)
-  info = TemplateInfo(
-      source=m.get("source", ""), real_views=tuple(m.get("real_views", ())),
-      frontal_view=int(m.get("frontal_view", 0)), parsing_source=m.get("parsing_source", ""),
-      approximate_classes=tuple(m.get("approximate_classes", ())),
-      background=tuple(m.get("background", (0.0, 0.0, 0.0))),
-      metrics=tuple((k, float(v)) for k, v in m.get("metrics", {}).items()
-                    if isinstance(v, (int, float))))
+    problems.insert(0, f"{folder}: incomplete template, missing {', '.join(missing)}")
+  data = g = None
+  if not missing and meta is not None:
+    try:
+      data = cam_lib.load_splatshot_views(folder)
+    except cam_lib.CameraFormatError as e:
+      problems.append(str(e))
+  if data is not None:
+    problems += camera_problems(folder, data.cameras)
+    if m is not None and (len(data) != m["num_views"] or [data.cameras.width, data.cameras.height] != m["size"]):
+      problems.append(f"{folder}: manifest.json says {m['num_views']} views of size {m['size']}, "
+                      f"the views hold {len(data)} of {[data.cameras.width, data.cameras.height]}")
+  if ply_path.is_file():
+    try:
+      g = ply.read_gaussians(ply_path)
+    except ply.PlyError as e:
+      problems.append(str(e))
+  if problems:
+    return problems, None
+  return problems, {"data": data, "gaussians": g, "manifest": m, "meta": meta, "ply": ply_path}
+
+
+def load_template(folder: str | os.PathLike) -> Template:
+  """Reads a template folder written by `save_template`, or an official SplatShot template folder.
+
+  Renders come back quantised to 8 bits (they are stored as the official uint8 `padded_image`). An
+  official folder carries no landmarks (landmarks3d all NaN; the frontal view is then the one nearest
+  the rig's mean viewing direction) and its controls are its own precomputed maps.
+
+  Raises:
+    TemplateError: listing every problem `inspect_template` finds (missing files, malformed
+      manifest / meta / views, NaN or inconsistent cameras, unreadable, empty or non-finite PLY).
+  """
+  folder = Path(folder)
+  problems, parts = inspect_template(folder)
+  if problems:
+    raise TemplateError(problems[0] if len(problems) == 1 else
+                        f"{folder}: {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
+  data, g, m = parts["data"], parts["gaussians"], parts["manifest"]
+  if m is not None:
+    lm = np.array([[np.nan if v is None else v for v in p] for p in m["landmarks3d"]], np.float32)
+    name = m["name"]
+    info = TemplateInfo(
+        source=m.get("source", ""), real_views=tuple(m.get("real_views", ())),
+        frontal_view=int(m.get("frontal_view", 0)), parsing_source=m.get("parsing_source", ""),
+        approximate_classes=tuple(m.get("approximate_classes", ())),
+        background=tuple(m.get("background", (0.0, 0.0, 0.0))),
+        metrics=tuple((k, float(v)) for k, v in m.get("metrics", {}).items()
+                      if isinstance(v, (int, float))))
+  else:
+    from splatshot_jax.templates.control_maps import frontal_view  # pylint: disable=import-outside-toplevel
+    lm = np.full((68, 3), np.nan, np.float32)
+    name = str(parts["meta"].get("template") or folder.name)
+    info = TemplateInfo(source=f"{folder} (official SplatShot template layout, {parts['ply'].name})",
+                        frontal_view=frontal_view(lm, data.cameras),
+                        parsing_source="the folder's precomputed parsing_control maps")
   return Template(gaussians=g, cameras=data.cameras,
                   renders=jnp.asarray(data.images, jnp.float32) / 255.0,
                   heatmaps=jnp.asarray(data.controls["heatmap_control"]),
                   parsing=jnp.asarray(data.controls["parsing_control"]),
-                  landmarks3d=jnp.asarray(lm), valid=jnp.asarray(data.valid), name=m["name"], info=info)
-
+                  landmarks3d=jnp.asarray(lm), valid=jnp.asarray(data.valid), name=name, info=info)
 
 
 def preview_grid(t: Template, views: Optional[Sequence[int]] = None) -> np.ndarray:

@@ -1,0 +1,501 @@
+"""Every input of a job checked before any model is built or anything is compiled.
+
+One check per job returns every problem at once (`errors.Problem`: config field, file, what was
+expected and what was found); the job raises them together:
+
+  problems = preflight.check_splatshot(config)           # weights, photo, template, values, out_dir
+  errors.raise_if_problems(problems, "cannot start the splatshot job")
+
+`CHECKS` maps a job name to its check (a batch calls `check_splatshot` once per photo); a new job
+adds its own entry. The checks only read: headers of weight files (never the tensors), the photo
+(one dlib detection), the template's views and PLY, and probe that out_dir can be written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import struct
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from splatshot_jax.errors import Problem
+from splatshot_jax.io import atomic
+
+# Config values the code accepts, by field (enums).
+SAMPLER_STARTS = ("official", "diffusers")
+DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+SYNTHETIC_RIGS = ("own", "paper48")
+BUILD_RIGS = ("own", "paper48", "auto")
+DETECTORS = ("hog", "cnn")
+SYNTHETIC_VIEWS = 16  # synthetic.head_rig's cameras; "paper48" adds 2 interpolated per real one
+
+
+# ---------------------------------------------------------------------------------------------
+# Config keys.
+
+
+def _is_section(x) -> bool:
+  return hasattr(x, "keys") and hasattr(x, "items") and not isinstance(x, (str, bytes))
+
+
+def _unknown_key(prefix: str, key: str, valid: Iterable[str]) -> Problem:
+  valid = sorted(valid)
+  near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+  hint = f"; did you mean {prefix}.{near[0]}?" if near else ""
+  return Problem(f"{prefix}.{key}", f"unknown key{hint} (valid keys of {prefix}: {', '.join(valid)})")
+
+
+def check_keys(config, reference, prefix: str = "config") -> list[Problem]:
+  """Keys of `config` that `reference` (the job's own default config) does not have, in any section."""
+  problems = []
+  for key, value in config.items():
+    if key not in reference:
+      problems.append(_unknown_key(prefix, key, reference.keys()))
+    elif _is_section(value) and _is_section(reference[key]):
+      problems += check_keys(value, reference[key], f"{prefix}.{key}")
+  return problems
+
+
+def check_override_keys(config, paths: Sequence[str], prefix: str = "config") -> list[Problem]:
+  """Command-line overrides (`--config.a.b=...` -> "a.b") that name no field of `config`."""
+  problems = []
+  for path in paths:
+    node, walked = config, prefix
+    for part in path.split("."):
+      name = part.split("[", 1)[0]
+      if not _is_section(node):
+        problems.append(Problem(walked, f"is a {type(node).__name__} value, not a section: "
+                                        f"--{prefix}.{path} cannot set a field inside it"))
+        break
+      if name not in node:
+        problems.append(_unknown_key(walked, name, node.keys()))
+        break
+      node, walked = node[name], f"{walked}.{name}"
+  return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Values.
+
+
+class _Values:
+  """Collects value problems of one config: `v.int("sampler.num_inference_steps", lo=1)`, ..."""
+
+  def __init__(self, config):
+    self.config = config
+    self.problems: list[Problem] = []
+
+  def get(self, field: str):
+    node = self.config
+    for part in field.split("."):
+      node = node[part]
+    return node
+
+  def _check(self, field, ok: Callable[[Any], bool], expected: str):
+    try:
+      value = self.get(field)
+    except (KeyError, AttributeError):
+      return None  # absent keys are the key check's business
+    if not ok(value):
+      self.problems.append(Problem(f"config.{field}", f"expected {expected}, got {value!r}"))
+      return None
+    return value
+
+  def int(self, field, lo=None, hi=None):
+    rng = ("an integer" + (f" >= {lo}" if lo is not None and hi is None else "")
+           + (f" in [{lo}, {hi}]" if lo is not None and hi is not None else ""))
+    return self._check(field, lambda x: isinstance(x, int) and not isinstance(x, bool)
+                       and (lo is None or x >= lo) and (hi is None or x <= hi), rng)
+
+  def number(self, field, lo=None, hi=None, open_lo=False):
+    def ok(x):
+      if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return False
+      return (lo is None or (x > lo if open_lo else x >= lo)) and (hi is None or x <= hi)
+    expected = "a finite number" + (f" > {lo}" if open_lo else f" >= {lo}" if lo is not None and hi is None
+                                    else "") + (f" in [{lo}, {hi}]" if lo is not None and hi is not None else "")
+    return self._check(field, ok, expected)
+
+  def choice(self, field, choices):
+    return self._check(field, lambda x: x in choices, f"one of {list(choices)}")
+
+  def boolean(self, field):
+    return self._check(field, lambda x: isinstance(x, bool), "True or False")
+
+  def rgb(self, field, allow_empty=False):
+    return self._check(field, lambda x: (allow_empty and len(x) == 0) or (
+        len(x) == 3 and all(isinstance(c, (int, float)) and 0 <= c <= 1 for c in x)),
+        "3 numbers in [0, 1]" + (" (or () for automatic)" if allow_empty else ""))
+
+
+def check_dataclass_sections(config) -> list[Problem]:
+  """The sampler / guidance sections against the dataclasses they fill (sampler.sampler_config)."""
+  from splatshot_jax import sampler  # pylint: disable=import-outside-toplevel
+  try:
+    sampler.sampler_config(config)
+  except (TypeError, ValueError) as e:
+    return [Problem("", str(e))]
+  return []
+
+
+def _common_fit_values(v: _Values) -> None:
+  v.number("scale", lo=0, hi=4, open_lo=True)
+  v.int("seed")
+  v.int("init.sh_degree", 0, 3)
+  v.number("init.opacity", 0, 1)
+  v.int("init.hull_points", lo=1)
+  v.int("fit.num_iters", lo=1)
+  for k in ("sh_degree_interval", "refine_every", "reset_every", "max_gaussians", "tile_size", "tiles_per_step"):
+    v.int(f"fit.{k}", lo=1)
+  v.int("fit.refine_start_iter", lo=0)
+  v.int("fit.refine_stop_iter", lo=0)
+  v.boolean("fit.densify")
+  v.number("fit.means_lr_final", lo=0, open_lo=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files.
+
+
+def check_out_dir(out_dir: str, overwrite: bool = False, field: str = "config.out_dir") -> list[Problem]:
+  """out_dir can be created and written, is not a file, and is not a finished run (unless overwrite).
+
+  A run writes a sibling folder and renames it into place (io.atomic.run_folder), so the nearest
+  existing ancestor must be a writable folder; an existing out_dir is replaced at the end only when
+  it is a run folder (finished: with overwrite) or empty.
+  """
+  if not out_dir:
+    return [Problem(field, "is empty: give the folder the outputs go to")]
+  out = Path(out_dir).expanduser()
+  if out.is_file() or (out.exists() and not out.is_dir()):
+    return [Problem(field, "is a file, expected a folder (or a path where one can be created)", str(out))]
+  if out.is_dir():
+    state = atomic.run_state(out)
+    if state is not None and state.get("status") == "complete" and not overwrite:
+      return [Problem(field, "holds a finished run; pass --config.overwrite=True to replace it, or choose "
+                             "another out_dir", str(out))]
+    if state is None and any(out.iterdir()) and not overwrite:
+      return [Problem(field, f"exists, is not empty and is not a run folder (no {atomic.RUN_FILE}); refusing to "
+                             "replace it: choose a new or empty folder, or pass --config.overwrite=True",
+                      str(out))]
+  ancestor = out.parent
+  while not ancestor.exists() and ancestor != ancestor.parent:
+    ancestor = ancestor.parent
+  if not ancestor.is_dir():
+    return [Problem(field, f"cannot be created: {ancestor} is a file, not a folder", str(out))]
+  try:  # os.access is not enough (root, ACLs, read-only mounts): really create something
+    tempfile.TemporaryDirectory(dir=ancestor, prefix=".splatshot-probe-").cleanup()
+  except OSError as e:
+    return [Problem(field, f"cannot be created: {ancestor} is not writable ({e.strerror})", str(out))]
+  return []
+
+
+def safetensors_problem(path: Path) -> str | None:
+  """Reads a .safetensors header only (8-byte length + JSON); None when it is readable and the tensors it
+  lists fit in the file, else what is wrong."""
+  try:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+      head = f.read(8)
+      if len(head) < 8:
+        return f"{size} bytes: too short for a safetensors file (truncated?)"
+      (n,) = struct.unpack("<Q", head)
+      if n <= 0 or 8 + n > size or n > 100 * 2 ** 20:
+        return f"header length {n} does not fit the file's {size} bytes (truncated or not safetensors)"
+      header = json.loads(f.read(n))
+  except OSError as e:
+    return f"cannot read ({e.strerror})"
+  except (ValueError, UnicodeDecodeError) as e:
+    return f"safetensors header is not valid JSON ({e})"
+  if not isinstance(header, dict):
+    return "safetensors header is not a JSON object"
+  end = max((int(t["data_offsets"][1]) for k, t in header.items()
+             if k != "__metadata__" and isinstance(t, dict) and "data_offsets" in t), default=0)
+  if 8 + n + end > size:
+    return f"truncated: the header lists {8 + n + end} bytes of tensors and header, the file has {size}"
+  return None
+
+
+def _weights_file_problem(path: Path) -> str | None:
+  if path.name.endswith(".index.json"):
+    try:
+      weight_map = json.loads(path.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      return f"not a shard index with a 'weight_map' ({e})"
+    absent = sorted({s for s in weight_map.values() if not (path.parent / s).is_file()})
+    return f"shards missing: {', '.join(absent)}" if absent else None
+  if path.suffix == ".safetensors":
+    return safetensors_problem(path)
+  if path.stat().st_size == 0:
+    return "empty file"
+  if path.suffix == ".bin" and not zipfile.is_zipfile(path):
+    with open(path, "rb") as f:
+      if f.read(1) != b"\x80":  # a legacy (non-zip) torch pickle starts with the pickle protocol byte
+        return "neither a torch zip archive nor a pickle (truncated or not a .bin checkpoint?)"
+  return None
+
+
+def _json_problem(path: Path) -> str | None:
+  try:
+    json.loads(path.read_text())
+  except OSError as e:
+    return f"cannot read ({e.strerror})"
+  except ValueError as e:
+    return f"not valid JSON ({e})"
+  return None
+
+
+def check_weights(config) -> list[Problem]:
+  """The SD weights under config.weights: layout (every file `pipeline.resolve_weights` needs), every
+  config JSON parsed, every weights file's header readable. Tensors are not loaded."""
+  from splatshot_jax import pipeline  # pylint: disable=import-outside-toplevel
+  from splatshot_jax.diffusion import loading  # pylint: disable=import-outside-toplevel
+  if not config.weights:
+    return [Problem("config.weights", "is empty: give the folder that holds the checkpoints (or "
+                                      f"--config.weights={pipeline.RANDOM_TINY} for the install check)")]
+  paths, wanted = pipeline.weight_paths(config.sd, config.weights)
+  missing = [f"  {what}: {path}" for what, path in wanted if not path.exists()]
+  problems = []
+  if missing:
+    problems.append(Problem("config.weights", pipeline.missing_weights_message(config.weights, missing)))
+  # Component folders: (field, folder, weight stems); the base pipeline's own sub-folders included.
+  folders = [(f"config.sd.controlnets[{i}]", c, loading.DIFFUSERS_STEMS) for i, c in enumerate(paths.controlnets)]
+  folders.append(("config.sd.image_encoder", paths.image_encoder, loading.TRANSFORMERS_STEMS))
+  if paths.vae is not None:
+    folders.append(("config.sd.vae", paths.vae, loading.DIFFUSERS_STEMS))
+  base = paths.base
+  if (base / "model_index.json").is_file():
+    if (err := _json_problem(base / "model_index.json")):
+      problems.append(Problem("config.sd.base", err, str(base / "model_index.json")))
+    for sub, stems in (("unet", loading.DIFFUSERS_STEMS), ("text_encoder", loading.TRANSFORMERS_STEMS)):
+      folders.append((f"config.sd.base ({sub})", base / sub, stems))
+    if paths.vae is None:
+      folders.append(("config.sd.base (vae)", base / "vae", loading.DIFFUSERS_STEMS))
+    for name in ("vocab.json", "merges.txt"):
+      if not (base / "tokenizer" / name).is_file():
+        problems.append(Problem("config.sd.base (tokenizer)", "file not found", str(base / "tokenizer" / name)))
+    if (base / "scheduler" / "scheduler_config.json").is_file():
+      if (err := _json_problem(base / "scheduler" / "scheduler_config.json")):
+        problems.append(Problem("config.sd.base (scheduler)", err, str(base / "scheduler/scheduler_config.json")))
+  for field, folder, stems in folders:
+    if not (folder / "config.json").is_file():
+      if folder.parent == base:  # the top-level ones are in `missing` already
+        problems.append(Problem(field, "file not found", str(folder / "config.json")))
+      continue
+    if (err := _json_problem(folder / "config.json")):
+      problems.append(Problem(field, err, str(folder / "config.json")))
+    try:
+      wfile = loading.find_weights(folder, stems)
+    except loading.CheckpointError as e:
+      problems.append(Problem(field, str(e)))
+      continue
+    if (err := _weights_file_problem(wfile)):
+      problems.append(Problem(field, err, str(wfile)))
+  if paths.ip_adapter is not None and paths.ip_adapter.is_file():
+    if (err := _weights_file_problem(paths.ip_adapter)):
+      problems.append(Problem("config.sd.ip_adapter", err, str(paths.ip_adapter)))
+  return problems
+
+
+def check_photo(path: str, field: str = "config.photo", *, min_face_px: float | None = None) -> list[Problem]:
+  """The photo is a readable image file with exactly one usable face (dlib HOG, as the run uses)."""
+  from splatshot_jax.face import detect  # pylint: disable=import-outside-toplevel (dlib loads lazily)
+  from splatshot_jax.io import images as image_io  # pylint: disable=import-outside-toplevel
+  if not path:
+    return [Problem(field, "is empty: give the path of a face photo")]
+  p = Path(path).expanduser()
+  if p.is_dir():
+    return [Problem(field, "is a directory, expected an image file (jpg, png, ...)", str(p))]
+  if not p.is_file():
+    return [Problem(field, "no such file" if not p.exists() else "not a regular file", str(p))]
+  try:
+    image = image_io.load_image(p)
+  except (image_io.ImageError, OSError) as e:
+    return [Problem(field, str(e).replace(f"{p}: ", ""), str(p))]
+  min_px = detect.MIN_FACE_PX if min_face_px is None else min_face_px
+  try:
+    face = detect.analyze_photo(image, min_face_px=min_px, warn_multiple=False)
+  except detect.FaceError as e:
+    return [Problem(field, str(e).split(": ", 1)[-1], str(p))]
+  sizes = [detect._box_size(b) for b in face.all_boxes]  # pylint: disable=protected-access
+  usable = [s for s in sizes if s >= min_px]
+  if len(usable) > 1:
+    return [Problem(field, f"{len(usable)} usable faces found (sizes {', '.join(f'{s:.0f}' for s in usable)} px); "
+                           "expected exactly one: crop the photo to the face you want", str(p))]
+  return []
+
+
+def check_template(config) -> tuple[list[Problem], list[int]]:
+  """config.template: each folder complete and sound (`templates.inspect_template`); (problems, views of each)."""
+  from splatshot_jax import pipeline, templates  # pylint: disable=import-outside-toplevel
+  if config.template == "synthetic":
+    n = SYNTHETIC_VIEWS * (3 if config.synthetic.rig == "paper48" else 1)
+    return [], [n]
+  folders = pipeline.template_folders(config)
+  if not folders:
+    return [Problem("config.template", "is empty: give a template folder (or 'synthetic')")], []
+  problems, counts, names = [], [], []
+  for folder in folders:
+    found, parts = templates.inspect_template(folder)
+    hint = pipeline.template_hint(folder)
+    problems += [Problem("config.template", f + (hint if i == 0 else "")) for i, f in enumerate(found)]
+    if parts is not None:
+      counts.append(len(parts["data"]))
+      names.append(parts["manifest"]["name"] if parts["manifest"] else
+                   str(parts["meta"].get("template") or folder.name))
+  override = config.get("template_override", "")
+  if override and len(names) == len(folders) and override not in names:
+    problems.append(Problem("config.template_override", f"{override!r} is not one of the templates {names}"))
+  return problems, counts
+
+
+def check_data(field: str, path: str) -> list[Problem]:
+  """A multi-view set (cameras.load_multiview): readable, cameras finite and consistent."""
+  from splatshot_jax import cameras as cam_lib, templates  # pylint: disable=import-outside-toplevel
+  from splatshot_jax.io import images as image_io  # pylint: disable=import-outside-toplevel
+  p = Path(path).expanduser()
+  if not p.exists():
+    return [Problem(field, "no such folder", str(p))]
+  try:
+    data = cam_lib.load_multiview(p)
+  except (cam_lib.CameraFormatError, image_io.ImageError, OSError, ValueError) as e:
+    return [Problem(field, str(e))]
+  return [Problem(field, m) for m in templates.camera_problems(p, data.cameras)]
+
+
+# ---------------------------------------------------------------------------------------------
+# One check per job.
+
+
+def check_splatshot(config, reference=None) -> list[Problem]:
+  """Every problem of a splatshot config (configs/splatshot_sd15.py layout), weights to out_dir.
+
+  Args:
+    config: the job's ConfigDict.
+    reference: the job's default config; when given, keys it lacks are reported (typos in a config file).
+  """
+  from splatshot_jax import pipeline  # pylint: disable=import-outside-toplevel
+  problems = check_keys(config, reference) if reference is not None else []
+  problems += check_dataclass_sections(config)
+  v = _Values(config)
+  v.int("seed")
+  v.int("sampler.num_inference_steps", lo=1)
+  v.number("sampler.strength", 0, 1)
+  v.choice("sampler.start", SAMPLER_STARTS)
+  v.int("sampler.thumbnail", lo=0)
+  for k in ("refit_iters_first", "refit_iters", "self_recurrence"):
+    v.int(f"guidance.{k}", lo=1)
+  v.number("guidance.guidance_weight", lo=0)
+  v.number("guidance.sdi_omega")
+  v.number("guidance.confidence_temperature", lo=0, open_lo=True)
+  v.number("guidance.lambda_dssim", 0, 1)
+  v.choice("sd.dtype", DTYPES)
+  v.number("sd.guidance_scale", lo=0)
+  v.number("sd.ip_adapter_scale", lo=0)
+  v.int("sd.view_chunk", lo=1)
+  v.int("sd.decode_chunk", lo=1)
+  for k in ("lr_means", "lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN"):
+    v.number(f"refit.{k}", lo=0)
+  v.rgb("refit.background")
+  v.int("outputs.turntable_frames", lo=0)
+  v.number("outputs.turntable_fps", lo=0, open_lo=True)
+  v.boolean("overwrite")
+  scales = v._check("sd.controlnet_scales", lambda x: len(x) <= 2 and all(  # pylint: disable=protected-access
+      isinstance(c, (int, float)) and math.isfinite(c) for c in x), "at most 2 finite numbers (openpose, seg)")
+  if config.template == "synthetic":
+    v.int("synthetic.num_gaussians", lo=1)
+    v.int("synthetic.size", lo=16)
+    v.choice("synthetic.rig", SYNTHETIC_RIGS)
+  problems += v.problems
+  tiny = config.weights == pipeline.RANDOM_TINY
+  if not tiny:
+    problems += check_weights(config)
+    if scales is not None and len(scales) != len(config.sd.controlnets):
+      problems.append(Problem("config.sd.controlnet_scales", f"{len(scales)} scales for "
+                              f"{len(config.sd.controlnets)} config.sd.controlnets; expected one per ControlNet"))
+    problems += check_photo(config.photo)
+  if not any(p.field.startswith("config.synthetic") for p in problems):
+    found, counts = check_template(config)
+    problems += found
+    if len(counts) > 1 and tiny:
+      problems.append(Problem("config.template", "lists several templates: choosing one needs config.photo "
+                                                 "(a real run, not the install check)"))
+    v2 = _Values(config)
+    v2.int("num_views", 1, min(counts) if counts else None)
+    if counts:
+      v2.problems = [Problem(p.field, p.message + f" (the template{'s have' if len(counts) > 1 else ' has'} "
+                                      f"{min(counts)} views)") for p in v2.problems]
+    problems += v2.problems
+  problems += check_out_dir(config.out_dir, bool(config.get("overwrite", False)))
+  return problems
+
+
+def check_build_template(config, reference=None) -> list[Problem]:
+  """Every problem of a build_template config (configs/build_template.py layout)."""
+  problems = check_keys(config, reference) if reference is not None else []
+  v = _Values(config)
+  _common_fit_values(v)
+  v.choice("rig", BUILD_RIGS)
+  v.rgb("background", allow_empty=True)
+  v.int("preview_views", lo=1)
+  v.rgb("template.background")
+  v.boolean("template.drop_jaw")
+  v.choice("template.detector", DETECTORS)
+  v.number("template.min_face_px", lo=0, open_lo=True)
+  for k in ("lift_iters", "lift_views_per_iter", "render_chunk"):
+    v.int(f"template.{k}", lo=1)
+  v.number("template.lift_lr", lo=0, open_lo=True)
+  v.boolean("overwrite")
+  if not config.data:
+    v.int("synthetic.num_gaussians", lo=1)
+    v.int("synthetic.size", lo=16)
+  problems += v.problems
+  if config.data:
+    problems += check_data("config.data", config.data)
+  if config.gaussians:
+    from splatshot_jax.io import ply  # pylint: disable=import-outside-toplevel
+    p = Path(config.gaussians).expanduser()
+    if not p.is_file():
+      problems.append(Problem("config.gaussians", "no such file" + (" (it is a directory)" if p.is_dir() else ""),
+                              str(p)))
+    else:
+      try:
+        ply.read_gaussians(p)
+      except ply.PlyError as e:
+        problems.append(Problem("config.gaussians", str(e)))
+  problems += check_out_dir(config.out_dir, bool(config.get("overwrite", False)))
+  return problems
+
+
+def check_fit_multiview(config, reference=None) -> list[Problem]:
+  """Every problem of a fit_multiview config (configs/fit_multiview.py layout)."""
+  problems = check_keys(config, reference) if reference is not None else []
+  v = _Values(config)
+  _common_fit_values(v)
+  v.rgb("background")
+  v.int("turntable_frames", lo=1)
+  v.boolean("overwrite")
+  problems += v.problems
+  if config.data:
+    problems += check_data("config.data", config.data)
+  problems += check_out_dir(config.out_dir, bool(config.get("overwrite", False)))
+  return problems
+
+
+# The hook for every job: a new job (batch, evaluate) registers its check here and calls it first.
+CHECKS: dict[str, Callable[..., list[Problem]]] = {
+    "splatshot": check_splatshot,
+    "build_template": check_build_template,
+    "fit_multiview": check_fit_multiview,
+}
+
+
+def check(config, reference=None) -> list[Problem]:
+  """The check of the job config.job names ([] for a job without one)."""
+  fn = CHECKS.get(config.get("job"))
+  return fn(config, reference) if fn is not None else []
