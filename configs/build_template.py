@@ -75,4 +75,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.fit.sh_degree_interval = 20
     config.template.lift_iters = 20
     config.preview_views = 4
+    config.overwrite = True  # smoke runs are rerun into the same folder
   return config

@@ -50,4 +50,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.fit.refine_stop_iter = 50
     config.fit.sh_degree_interval = 20
     config.turntable_frames = 8
+    config.overwrite = True  # smoke runs are rerun into the same folder
   return config

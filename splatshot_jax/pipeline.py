@@ -168,16 +168,15 @@ def load_base_template(config, photo: np.ndarray | None = None) -> tuple[templat
 
 
 def load_photo(path: str) -> np.ndarray:
-  """The photo as (H, W, 3) float32 in [0, 1]; checks that it holds a usable face (dlib)."""
-  from splatshot_jax.face import detect  # pylint: disable=import-outside-toplevel  (dlib loads lazily)
+  """The photo as (H, W, 3) float32 in [0, 1]; checks that it is an image file with one usable face (dlib).
 
-  if not path:
-    raise MissingInputsError("config.photo is empty: give the path of a face photo")
-  if not Path(path).expanduser().is_file():
-    raise MissingInputsError(f"config.photo: no file at {path}")
-  photo = image_io.load_image(Path(path).expanduser())
-  detect.analyze_photo(photo)  # raises NoFaceError / FaceTooSmallError with the reason
-  return photo
+  Raises:
+    errors.UserInputError: naming config.photo, the file and the problem (`preflight.check_photo`).
+  """
+  from splatshot_jax import errors, preflight  # pylint: disable=import-outside-toplevel
+
+  errors.raise_if_problems(preflight.check_photo(path), "the photo cannot be used")
+  return image_io.load_image(Path(path).expanduser())
 
 
 def make_conditions(config, prior, conditioner, template: templates.Template, photo: np.ndarray | None):

@@ -339,15 +339,21 @@ def check_template(config) -> tuple[list[Problem], list[int]]:
   folders = pipeline.template_folders(config)
   if not folders:
     return [Problem("config.template", "is empty: give a template folder (or 'synthetic')")], []
-  problems, counts, names = [], [], []
+  problems, counts, names, parts_all = [], [], [], []
   for folder in folders:
     found, parts = templates.inspect_template(folder)
+    parts_all.append(parts)
     hint = pipeline.template_hint(folder)
     problems += [Problem("config.template", f + (hint if i == 0 else "")) for i, f in enumerate(found)]
     if parts is not None:
       counts.append(len(parts["data"]))
       names.append(parts["manifest"]["name"] if parts["manifest"] else
                    str(parts["meta"].get("template") or folder.name))
+  no_landmarks = [str(f) for f, p in zip(folders, parts_all) if p is not None and p["manifest"] is None]
+  if len(folders) > 1 and no_landmarks:
+    problems.append(Problem("config.template", f"{', '.join(no_landmarks)}: official template folders carry no 3D "
+                                               "landmarks, which the automatic choice among several templates "
+                                               "needs; give such a folder alone"))
   override = config.get("template_override", "")
   if override and len(names) == len(folders) and override not in names:
     problems.append(Problem("config.template_override", f"{override!r} is not one of the templates {names}"))

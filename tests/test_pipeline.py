@@ -5,7 +5,7 @@ import pytest
 
 from configs import splatshot_sd15
 from splatshot_jax import pipeline
-from splatshot_jax.face.detect import NoFaceError
+from splatshot_jax.errors import UserInputError
 from splatshot_jax.io import images as image_io
 
 
@@ -44,13 +44,15 @@ def test_view_set_without_gaussians_gets_a_build_hint(tmp_path):
 
 
 def test_photo_errors(tmp_path):
-  with pytest.raises(pipeline.MissingInputsError, match="config.photo"):
+  with pytest.raises(UserInputError, match="config.photo: is empty"):
     pipeline.load_photo("")
-  with pytest.raises(pipeline.MissingInputsError, match="no file"):
+  with pytest.raises(UserInputError, match="no such file"):
     pipeline.load_photo(str(tmp_path / "absent.jpg"))
+  with pytest.raises(UserInputError, match="is a directory"):
+    pipeline.load_photo(str(tmp_path))
   blank = tmp_path / "blank.png"
   image_io.save_image(blank, np.full((256, 256, 3), 0.5, np.float32))
-  with pytest.raises(NoFaceError):
+  with pytest.raises(UserInputError, match=r"config.photo: .*blank\.png: no face found"):  # names the file
     pipeline.load_photo(str(blank))
 
 
