@@ -4,7 +4,7 @@ One check per job returns every problem at once (`errors.Problem`: config field,
 expected and what was found); the job raises them together:
 
   problems = preflight.check_splatshot(config)           # weights, photo, template, values, out_dir
-  errors.raise_if_problems(problems, "cannot start the splatshot job")
+  preflight.raise_if_problems(problems, "cannot start the splatshot job")   # = errors.raise_if_problems
 
 `CHECKS` maps a job name to its check (a batch calls `check_splatshot` once per photo); a new job
 adds its own entry. The checks only read: headers of weight files (never the tensors), the photo
@@ -23,8 +23,9 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from splatshot_jax.errors import Problem
+from splatshot_jax.errors import Problem, UserInputError, raise_if_problems  # noqa: F401 (re-exported)
 from splatshot_jax.io import atomic
+from splatshot_jax.io.atomic import is_finished  # noqa: F401 (re-exported: the one "finished run" test)
 
 # Config values the code accepts, by field (enums).
 SAMPLER_STARTS = ("official", "diffusers")
@@ -96,12 +97,16 @@ class _Values:
       node = node[part]
     return node
 
-  def _check(self, field, ok: Callable[[Any], bool], expected: str):
+  def custom(self, field, ok: Callable[[Any], bool], expected: str):
     try:
       value = self.get(field)
     except (KeyError, AttributeError):
       return None  # absent keys are the key check's business
-    if not ok(value):
+    try:
+      good = bool(ok(value))
+    except (TypeError, ValueError):  # e.g. len() of a number where a tuple was expected
+      good = False
+    if not good:
       self.problems.append(Problem(f"config.{field}", f"expected {expected}, got {value!r}"))
       return None
     return value
@@ -109,7 +114,7 @@ class _Values:
   def int(self, field, lo=None, hi=None):
     rng = ("an integer" + (f" >= {lo}" if lo is not None and hi is None else "")
            + (f" in [{lo}, {hi}]" if lo is not None and hi is not None else ""))
-    return self._check(field, lambda x: isinstance(x, int) and not isinstance(x, bool)
+    return self.custom(field, lambda x: isinstance(x, int) and not isinstance(x, bool)
                        and (lo is None or x >= lo) and (hi is None or x <= hi), rng)
 
   def number(self, field, lo=None, hi=None, open_lo=False):
@@ -119,16 +124,16 @@ class _Values:
       return (lo is None or (x > lo if open_lo else x >= lo)) and (hi is None or x <= hi)
     expected = "a finite number" + (f" > {lo}" if open_lo else f" >= {lo}" if lo is not None and hi is None
                                     else "") + (f" in [{lo}, {hi}]" if lo is not None and hi is not None else "")
-    return self._check(field, ok, expected)
+    return self.custom(field, ok, expected)
 
   def choice(self, field, choices):
-    return self._check(field, lambda x: x in choices, f"one of {list(choices)}")
+    return self.custom(field, lambda x: x in choices, f"one of {list(choices)}")
 
   def boolean(self, field):
-    return self._check(field, lambda x: isinstance(x, bool), "True or False")
+    return self.custom(field, lambda x: isinstance(x, bool), "True or False")
 
   def rgb(self, field, allow_empty=False):
-    return self._check(field, lambda x: (allow_empty and len(x) == 0) or (
+    return self.custom(field, lambda x: (allow_empty and len(x) == 0) or (
         len(x) == 3 and all(isinstance(c, (int, float)) and 0 <= c <= 1 for c in x)),
         "3 numbers in [0, 1]" + (" (or () for automatic)" if allow_empty else ""))
 
@@ -411,7 +416,7 @@ def check_splatshot(config, reference=None) -> list[Problem]:
   v.int("outputs.turntable_frames", lo=0)
   v.number("outputs.turntable_fps", lo=0, open_lo=True)
   v.boolean("overwrite")
-  scales = v._check("sd.controlnet_scales", lambda x: len(x) <= 2 and all(  # pylint: disable=protected-access
+  scales = v.custom("sd.controlnet_scales", lambda x: len(x) <= 2 and all(
       isinstance(c, (int, float)) and math.isfinite(c) for c in x), "at most 2 finite numbers (openpose, seg)")
   if config.template == "synthetic":
     v.int("synthetic.num_gaussians", lo=1)

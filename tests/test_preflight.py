@@ -130,6 +130,14 @@ def _nan_camera(folder: Path):
   return ["field 'K'", "NaN/inf", "view_001.npz"]
 
 
+def _scaled_viewmat(folder: Path):
+  with np.load(folder / "view_002.npz") as z:
+    d = dict(z)
+  d["viewmat"] = d["viewmat"] * np.float32(2.0)  # not a rigid transform
+  np.savez(folder / "view_002.npz", **d)
+  return ["field 'viewmat'", "rigid", "view_002.npz"]
+
+
 # Each case: (name, setup(tmp_path, template folder) -> (extra argv, [strings the message must contain])).
 def _case_template(edit):
   def setup(tmp, tpl):
@@ -207,6 +215,9 @@ CASES = {
     "nan_in_template_ply": _case_template(_nan_ply),
     "zero_vertex_ply": _case_template(_empty_ply),
     "nan_camera": _case_template(_nan_camera),
+    "non_rigid_camera": _case_template(_scaled_viewmat),
+    "rgb_not_a_tuple": lambda tmp, tpl: (["--config.refit.background=0.5"], ["config.refit.background",
+                                                                             "3 numbers in [0, 1]"]),
     "num_views_negative": lambda tmp, tpl: (["--config.num_views=-1"], ["config.num_views", "-1", "3 views"]),
     "num_views_too_many": lambda tmp, tpl: (["--config.num_views=4"], ["config.num_views", "[1, 3]"]),
     "strength_above_one": lambda tmp, tpl: (["--config.sampler.strength=1.5"], ["config.sampler.strength", "1.5",
@@ -319,6 +330,14 @@ def test_valid_inputs_pass(tmp_path, template_dir):
   (tmp_path / "out" / atomic.RUN_FILE).unlink()
   (tmp_path / "out" / "notes.txt").write_text("mine")
   assert "not a run folder" in preflight.check_out_dir(config.out_dir)[0].message
+
+
+def test_point_cloud_with_nan_is_rejected(tmp_path):
+  pts = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
+  pts[[2, 5], 1] = np.inf
+  ply.write_points(tmp_path / "points3d.ply", pts)
+  with pytest.raises(ply.PlyError, match=r"points3d\.ply: 2 of 10 points have non-finite .*y: 2"):
+    ply.read_points(tmp_path / "points3d.ply")
 
 
 # ----------------------------------------------------------------------------------------------

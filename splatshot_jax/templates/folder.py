@@ -286,6 +286,11 @@ def inspect_template(folder: str | os.PathLike) -> tuple[list[str], dict | None]
       problems.append(str(e))
   if data is not None:
     problems += camera_problems(folder, data.cameras)
+    for key, a in [("padded_image", data.images), *data.controls.items()]:
+      a = np.asarray(a)
+      if a.dtype.kind == "f" and not np.isfinite(a).all():
+        bad = ~np.isfinite(a).reshape(len(a), -1).all(-1)
+        problems.append(f"{folder}: field '{key}' has NaN/inf values in {_view_list(np.nonzero(bad)[0])}")
     if m is not None and (len(data) != m["num_views"] or [data.cameras.width, data.cameras.height] != m["size"]):
       problems.append(f"{folder}: manifest.json says {m['num_views']} views of size {m['size']}, "
                       f"the views hold {len(data)} of {[data.cameras.width, data.cameras.height]}")
