@@ -340,6 +340,16 @@ def test_point_cloud_with_nan_is_rejected(tmp_path):
     ply.read_points(tmp_path / "points3d.ply")
 
 
+def test_unwritable_out_dir_is_reported(tmp_path, monkeypatch):
+  """Root writes anywhere, so the probe's failure is simulated (the chmod case above covers other users)."""
+  def refuse(*a, **k):
+    raise PermissionError(13, "Permission denied")
+  monkeypatch.setattr(preflight.tempfile, "TemporaryDirectory", refuse)
+  problems = preflight.check_out_dir(str(tmp_path / "a" / "b"))
+  assert problems and problems[0].field == "config.out_dir"
+  assert f"{tmp_path} is not writable (Permission denied)" in problems[0].message
+
+
 # ----------------------------------------------------------------------------------------------
 # Atomic runs.
 
