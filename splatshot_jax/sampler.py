@@ -180,6 +180,11 @@ def run_splatshot(
     schedule: DDIM schedule; default `ddim.make_schedule(cfg.num_inference_steps)` (SD-1.5's).
   Returns:
     SplatShotResult.
+
+  Raises:
+    errors.NonFiniteError: a step's x0 (the latents), renders (the refit Gaussians) or eps correction became
+      NaN/inf, or the final model / decode did; `.step` is the step index and `.partial` holds the per-step
+      thumbnails of the steps before it (checked on the host copies each step already brings back).
   """
   gcfg = cfg.guidance
   if gcfg.feedback and scene is None:

@@ -396,6 +396,8 @@ def _stub_sampler(monkeypatch, bad_step: int, what: str):
         x0[1, 2, 3, 0] = np.nan
       elif what == "gaussians":
         renders[0] = np.inf
+      elif what == "model_only":  # e.g. NaN means culled by the rasterizer: the renders stay finite
+        state = state.replace(model=state.model.replace(means=state.model.means.at[1, 2].set(jnp.nan)))
       else:
         shift = float("nan")
     aux = types.SimpleNamespace(x0_images=x0, renders=renders, discrepancy=np.float32(0.1),
@@ -425,6 +427,12 @@ def test_sampler_stops_at_the_first_non_finite_step(monkeypatch, what, words):
   assert len(e.value.partial["timesteps"]) == 2
   res = _stub_sampler(monkeypatch, 99, what)()  # never bad: runs to the end
   assert np.isfinite(res.final_images).all()
+
+
+def test_sampler_checks_the_final_model(monkeypatch):
+  run = _stub_sampler(monkeypatch, 0, "model_only")  # stays in the state to the end
+  with pytest.raises(errors.NonFiniteError, match=r"after the last step: the avatar Gaussians \(means: 1 "):
+    run()
 
 
 def test_non_finite_run_keeps_its_steps_under_a_failed_folder(tmp_path, monkeypatch, capsys):
