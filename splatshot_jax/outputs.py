@@ -2,6 +2,8 @@
 
   out_dir/avatar.ply            the avatar (3DGS PLY, SuperSplat/3DGS layout)
   out_dir/base.ply              the base template's Gaussians
+  out_dir/viewer.html           the avatar in a self-contained WebGL2 viewer page (splatshot_jax.viewer)
+  out_dir/base_viewer.html      the same for base.ply
   out_dir/views/view_NNN.png    final views (decode of the final latents)
   out_dir/views_grid.png        the same, tiled
   out_dir/x0_grid.png           decoded x0 per step (rows: steps, columns: views), thumbnails
@@ -29,6 +31,7 @@ from splatshot_jax.datasets import scene_frame
 from splatshot_jax.io import images as image_io
 from splatshot_jax.io import ply
 from splatshot_jax.io.atomic import atomic_path
+from splatshot_jax.viewer import write_viewer
 
 
 def cameras_to_json(cameras: Camera) -> dict:
@@ -36,6 +39,19 @@ def cameras_to_json(cameras: Camera) -> dict:
   vm, K = np.asarray(cameras.viewmat), np.asarray(cameras.K)
   return {"width": int(cameras.width), "height": int(cameras.height), "convention": "opencv world-to-camera",
           "views": [{"viewmat": vm[i].tolist(), "K": K[i].tolist()} for i in range(vm.shape[0])]}
+
+
+def cameras_from_json(obj: dict) -> Camera:
+  """Inverse of `cameras_to_json` (a parsed cameras.json)."""
+  try:
+    vm = np.asarray([v["viewmat"] for v in obj["views"]], np.float32)
+    K = np.asarray([v["K"] for v in obj["views"]], np.float32)
+    w, h = int(obj["width"]), int(obj["height"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise ValueError(f"cameras.json: expected width, height and views[].viewmat/K ({e!r})") from None
+  if vm.ndim != 3 or vm.shape[1:] != (4, 4) or K.shape != (len(vm), 3, 3):
+    raise ValueError(f"cameras.json: views need viewmat 4x4 and K 3x3, got {vm.shape} and {K.shape}")
+  return Camera(jnp.asarray(vm), jnp.asarray(K), w, h)
 
 
 def turntable_cameras(cameras: Camera, num_frames: int, front_camera: Camera | None = None) -> Camera:
@@ -80,6 +96,7 @@ def write_outputs(
     turntable_frames: int = 60,
     turntable_fps: float = 30.0,
     video_ext: str = ".mp4",
+    viewer: bool = True,
 ) -> dict[str, Path]:
   """Writes a `sampler.SplatShotResult` (see the module docstring for the layout).
 
@@ -93,6 +110,7 @@ def write_outputs(
       (e.g. `guidance.gaussian_scene().render`.)
     turntable_frames, turntable_fps: the orbit video.
     video_ext: ".mp4" or ".gif".
+    viewer: write viewer.html / base_viewer.html (the run's cameras to jump to).
   Returns:
     {name: path} of what was written.
   """
@@ -103,6 +121,10 @@ def write_outputs(
   ply.write_gaussians(out / "avatar.ply", jax.tree.map(np.asarray, result.gaussians))
   ply.write_gaussians(out / "base.ply", jax.tree.map(np.asarray, result.base))
   written.update(avatar=out / "avatar.ply", base=out / "base.ply")
+  if viewer:
+    for key, label, g in (("viewer", "avatar", result.gaussians), ("base_viewer", "base", result.base)):
+      written[key] = write_viewer(out / f"{key}.html", jax.tree.map(np.asarray, g), cameras,
+                                  name=f"{out.name}: {label}")
 
   views = np.asarray(result.final_images)
   for i, im in enumerate(views):
