@@ -61,7 +61,8 @@ def main(argv=None) -> Path:
     from splatshot_jax.viewer import browser  # pylint: disable=import-outside-toplevel
     from splatshot_jax.io.images import save_image  # pylint: disable=import-outside-toplevel
     w, h = (int(v) for v in args.size.split(","))
-    img = browser.screenshot(out, w, h, window=(w, h + 150), budget_ms=5000)
+    # A fixed canvas size (#w, #h): headless chromium resizes its viewport at capture time.
+    img = browser.screenshot(out, w, h, f"camera={args.camera}&w={w}&h={h}", budget_ms=5000)
     save_image(args.screenshot, img)
     print(f"wrote {args.screenshot}")
   return out

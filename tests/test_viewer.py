@@ -183,7 +183,7 @@ def test_run_outputs_and_view_entry_point(tmp_path):
       renders=np.zeros((1, 2, 4, 4, 3), np.uint8), discrepancy=np.ones(1), eps_correction=np.ones(1),
       timesteps=np.array([1]))
   written = outputs.write_outputs(res, tmp_path / "run", cameras=cams)
-  for key in ("viewer", "base_viewer"):
+  for key in ("viewer", "base_viewer", "splat", "transforms", "colmap"):
     assert written[key].exists(), key
   assert written["viewer"] == tmp_path / "run" / "viewer.html"
   meta = json.loads(re.search(r'"splat-meta" type="application/json">(.*?)</script>',
@@ -202,3 +202,15 @@ def test_run_outputs_and_view_entry_point(tmp_path):
   ply.write_gaussians(lone, g)
   assert len(json.loads(re.search(r'"splat-meta" type="application/json">(.*?)</script>',
                                   view.main([str(lone)]).read_text(), re.S).group(1))["cameras"]) == 8
+
+
+@needs_chromium
+def test_orbit_matches_the_rig(scene):
+  """Orbiting from camera 1 by the rig's yaw step lands on camera 2 (cameras.orbit_rig built the rig
+  by yawing about up through the target), and pitch 24 deg from row 0 lands on row 1."""
+  step = 140.0 / 7  # head_rig(16): 8 yaws in [-70, 70] per pitch row, pitch rows -12 and +12
+  for frag, want in ((f"camera=1&yaw={step}", 2), ("camera=3&pitch=24", 11)):
+    state = browser.page_state(scene.path, frag)
+    got = np.array(state["data-viewmat"].split(","), float).reshape(3, 4)
+    np.testing.assert_allclose(got, np.asarray(scene.cams.viewmat[want])[:3], atol=2e-5,
+                               err_msg=f"#{frag} vs camera {want}")

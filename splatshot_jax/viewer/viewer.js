@@ -16,8 +16,10 @@
 //
 // URL fragment: #camera=8&bg=black&w=128&h=128&ui=0
 //   camera  index into the embedded camera list;  bg  white | black | grey | r,g,b (0..1);
+//   yaw, pitch  degrees to orbit from that camera (as cameras.orbit_rig: yaw about up, pitch up);
 //   w, h    canvas size in device pixels (default: the window);  ui=0  hides the panel.
-// body[data-state] goes loading -> ready (after the first frame is drawn) or error.
+// body[data-state] goes loading -> ready (after the first frame is drawn) or error;
+// body[data-viewmat] is the current world-to-camera matrix (3 rows of 4), for tests.
 "use strict";
 
 (function () {
@@ -394,9 +396,12 @@ void main() { outColor = vec4(clamp(texelFetch(u_accum, ivec2(gl_FragCoord.xy), 
       cam.t = apply3(cam.R, C).map((v) => -v);
       dirty = true; sorted = false;
     }
-    const orbit = (dx, dy) => {
-      moveCamera(matmul3(axisAngle(up, -0.008 * dx), axisAngle(row(cam.R, 0), 0.008 * dy)), target);
+    // Orbit about the pivot: yaw turns right-handedly about the scene's up (as cameras.orbit_rig's
+    // yaw), pitch lifts the camera towards up; both in radians.
+    const orbitBy = (yaw, pitch) => {
+      moveCamera(matmul3(axisAngle(up, yaw), axisAngle(row(cam.R, 0), -pitch)), target);
     };
+    const orbit = (dx, dy) => orbitBy(-0.008 * dx, -0.008 * dy);
     const pan = (dx, dy) => {
       const dist = Math.hypot(...add3(centerOf(cam), target, -1));
       translate(add3(row(cam.R, 0).map((v) => -v * dx * dist / cam.K[0] / viewScale()),
@@ -452,6 +457,7 @@ void main() { outColor = vec4(clamp(texelFetch(u_accum, ivec2(gl_FragCoord.xy), 
         body.dataset.state = "ready";
       }
       body.dataset.frames = String(frames);
+      body.dataset.viewmat = [...row(cam.R, 0), cam.t[0], ...row(cam.R, 1), cam.t[1], ...row(cam.R, 2), cam.t[2]].join(",");
     }
     function loop() {
       if (dirty) { dirty = false; try { draw(); } catch (e) { fail(e.message); return; } }
@@ -521,6 +527,7 @@ void main() { outColor = vec4(clamp(texelFetch(u_accum, ivec2(gl_FragCoord.xy), 
     }
     resize();
     jumpTo(current);
+    if (opts.yaw || opts.pitch) orbitBy((Number(opts.yaw) || 0) * Math.PI / 180, (Number(opts.pitch) || 0) * Math.PI / 180);
     loop();
   }
 
