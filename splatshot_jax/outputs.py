@@ -128,8 +128,7 @@ def write_outputs(
   written.update(avatar=out / "avatar.ply", base=out / "base.ply")
   if viewer and hasattr(result.gaussians, "sh"):
     for key, label, g in (("viewer", "avatar", result.gaussians), ("base_viewer", "base", result.base)):
-      written[key] = write_viewer(out / f"{key}.html", jax.tree.map(np.asarray, g), cameras,
-                                  name=f"{out.name}: {label}")
+      written[key] = write_viewer(out / f"{key}.html", jax.tree.map(np.asarray, g), cameras, name=label)
 
   views = np.asarray(result.final_images)
   view_files = [out / "views" / f"view_{i:03d}.png" for i in range(len(views))]
