@@ -2,12 +2,17 @@
 
   out_dir/avatar.ply            the avatar (3DGS PLY, SuperSplat/3DGS layout)
   out_dir/base.ply              the base template's Gaussians
+  out_dir/viewer.html           the avatar in a self-contained WebGL2 viewer page (splatshot_jax.viewer)
+  out_dir/base_viewer.html      the same for base.ply
   out_dir/views/view_NNN.png    final views (decode of the final latents)
   out_dir/views_grid.png        the same, tiled
   out_dir/x0_grid.png           decoded x0 per step (rows: steps, columns: views), thumbnails
   out_dir/renders_grid.png      renders of the refit model per step (when feedback was on)
   out_dir/turntable.mp4         the avatar on a 360-degree orbit around the template's look-at point
   out_dir/cameras.json          the V cameras (viewmat world-to-camera OpenCV, K, width, height)
+  out_dir/avatar.splat          the avatar for web viewers (.splat, SH band 0 only; io.exports)
+  out_dir/transforms.json       the views + cameras for nerfstudio / gsplat (camera-to-world, OpenGL axes)
+  out_dir/sparse/0/*.txt        the same as a COLMAP text model (image names in views/, points = the means)
   out_dir/config.json           the resolved config (when given)
   out_dir/metrics.json          per-step discrepancy / eps correction, view weights, timesteps, extra metrics
 Every file is written atomically (io.atomic), so an interrupted run never leaves a half-written file.
@@ -27,8 +32,9 @@ import numpy as np
 from splatshot_jax.cameras import Camera, orbit_rig
 from splatshot_jax.datasets import scene_frame
 from splatshot_jax.io import images as image_io
-from splatshot_jax.io import ply
+from splatshot_jax.io import exports, ply
 from splatshot_jax.io.atomic import atomic_path
+from splatshot_jax.viewer import write_viewer
 
 
 def cameras_to_json(cameras: Camera) -> dict:
@@ -36,6 +42,19 @@ def cameras_to_json(cameras: Camera) -> dict:
   vm, K = np.asarray(cameras.viewmat), np.asarray(cameras.K)
   return {"width": int(cameras.width), "height": int(cameras.height), "convention": "opencv world-to-camera",
           "views": [{"viewmat": vm[i].tolist(), "K": K[i].tolist()} for i in range(vm.shape[0])]}
+
+
+def cameras_from_json(obj: dict) -> Camera:
+  """Inverse of `cameras_to_json` (a parsed cameras.json)."""
+  try:
+    vm = np.asarray([v["viewmat"] for v in obj["views"]], np.float32)
+    K = np.asarray([v["K"] for v in obj["views"]], np.float32)
+    w, h = int(obj["width"]), int(obj["height"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise ValueError(f"cameras.json: expected width, height and views[].viewmat/K ({e!r})") from None
+  if vm.ndim != 3 or vm.shape[1:] != (4, 4) or K.shape != (len(vm), 3, 3):
+    raise ValueError(f"cameras.json: views need viewmat 4x4 and K 3x3, got {vm.shape} and {K.shape}")
+  return Camera(jnp.asarray(vm), jnp.asarray(K), w, h)
 
 
 def turntable_cameras(cameras: Camera, num_frames: int, front_camera: Camera | None = None) -> Camera:
@@ -99,6 +118,8 @@ def write_outputs(
     turntable_frames: int = 60,
     turntable_fps: float = 30.0,
     video_ext: str = ".mp4",
+    viewer: bool = True,
+    export: bool = True,
 ) -> dict[str, Path]:
   """Writes a `sampler.SplatShotResult` (see the module docstring for the layout).
 
@@ -112,6 +133,8 @@ def write_outputs(
       (e.g. `guidance.gaussian_scene().render`.)
     turntable_frames, turntable_fps: the orbit video.
     video_ext: ".mp4" or ".gif".
+    viewer: write viewer.html / base_viewer.html (the run's cameras to jump to).
+    export: write avatar.splat, transforms.json and sparse/0 (io.exports).
   Returns:
     {name: path} of what was written.
   """
@@ -122,10 +145,14 @@ def write_outputs(
   ply.write_gaussians(out / "avatar.ply", jax.tree.map(np.asarray, result.gaussians))
   ply.write_gaussians(out / "base.ply", jax.tree.map(np.asarray, result.base))
   written.update(avatar=out / "avatar.ply", base=out / "base.ply")
+  if viewer and hasattr(result.gaussians, "sh"):
+    for key, label, g in (("viewer", "avatar", result.gaussians), ("base_viewer", "base", result.base)):
+      written[key] = write_viewer(out / f"{key}.html", jax.tree.map(np.asarray, g), cameras, name=label)
 
   views = np.asarray(result.final_images)
-  for i, im in enumerate(views):
-    image_io.save_image(out / "views" / f"view_{i:03d}.png", im)
+  view_files = [out / "views" / f"view_{i:03d}.png" for i in range(len(views))]
+  for path, im in zip(view_files, views):
+    image_io.save_image(path, im)
   labels = [f"{i} w={w:.2f}" for i, w in enumerate(np.asarray(result.view_weights))]
   image_io.save_grid(list(views), out / "views_grid.png", labels=labels)
   written.update(views=out / "views", views_grid=out / "views_grid.png")
@@ -140,6 +167,9 @@ def write_outputs(
 
   write_json(out / "cameras.json", cameras_to_json(cameras))
   written["cameras"] = out / "cameras.json"
+  if export and hasattr(result.gaussians, "sh"):
+    written.update(exports.write_run_exports(out, jax.tree.map(np.asarray, result.gaussians), cameras,
+                                             view_files))
   if config is not None:
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     write_json(out / "config.json", cfg)
