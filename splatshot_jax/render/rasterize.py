@@ -146,13 +146,18 @@ def render(
 
 
 def render_views(gaussians: Gaussians, cameras: Camera, **kwargs) -> RenderOutput:
-  """`render` vmapped over V cameras (viewmat (V, 4, 4), K (V, 3, 3)); same keyword arguments.
+  """`render` over V cameras (viewmat (V, 4, 4), K (V, 3, 3)); same keyword arguments.
+
+  vmapped on CPU/TPU with the XLA compositor, one view after another (lax.map) otherwise.
 
   Returns a RenderOutput with a leading V axis on every array (rgb (V, H, W, 3), ...).
   """
   one = lambda cam: render(gaussians, cam, **kwargs)
-  if resolve_backend(kwargs.get("backend", "auto"), gaussians.means.dtype) != "xla":
-    return jax.lax.map(one, cameras)  # the Triton launches have no batching rule
+  backend = resolve_backend(kwargs.get("backend", "auto"), gaussians.means.dtype)
+  if backend != "xla" or jax.default_backend() == "gpu":
+    # Views one after another: the Triton launches have no batching rule, and on a GPU a vmapped
+    # sort is a batched sort, which XLA does not send to CUB's radix sort.
+    return jax.lax.map(one, cameras)
   return jax.vmap(one)(cameras)
 
 
