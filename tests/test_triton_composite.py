@@ -4,7 +4,8 @@ The kernels are the same source the GPU runs (`render/triton_kernels.py`); here 
 torch CPU tensors through `jax.pure_callback` (backend "triton_interpret"), so everything around
 the launch (record gather, tile order, grid, custom VJP, segment_sum) is what the GPU path runs.
 The interpreter is slow (numpy per kernel statement): scenes are tiny. Fresh random scenes every
-run; replay a failure with `TRITON_TEST_SEED=<seed>`.
+run; replay a failure with `TRITON_TEST_SEED=<seed>`. `TRITON_TEST_BACKEND=triton` runs the same
+checks with the compiled kernels on a CUDA GPU (experiments/gpu_check.sh).
 """
 
 import dataclasses
@@ -26,6 +27,8 @@ from splatshot_jax.render.composite_triton import composite_triton, resolve_back
 from splatshot_jax.render.project import ALPHA_MIN  # noqa: E402
 from splatshot_jax.render.tiles import bin_gaussians  # noqa: E402
 
+BACKEND = os.environ.get("TRITON_TEST_BACKEND", "triton_interpret")
+INTERPRET = BACKEND == "triton_interpret"
 FWD_TOL = 1e-5  # max abs error of image and T_final vs the XLA compositor
 VJP_TOL = 1e-4  # ‖triton − xla‖ / ‖xla‖ per input
 
@@ -119,7 +122,7 @@ def test_composite_kernels_match_xla(width, height, ts, channels, n):
   cfg = CompositeConfig(width=width, height=height, tile_size=ts, chunk=8, tiles_per_step=2)
   args = (means, conics, opacities, features)
   out_x, vjp_x = jax.vjp(lambda *a: composite(cfg, lists, *a), *args)
-  out_t, vjp_t = jax.vjp(lambda *a: composite_triton(cfg, lists, *a, interpret=True), *args)
+  out_t, vjp_t = jax.vjp(lambda *a: composite_triton(cfg, lists, *a, interpret=INTERPRET), *args)
   for name, a, b in zip(("image", "T_final"), out_t, out_x):
     assert a.shape == b.shape, (name, a.shape, b.shape)
     err = float(jnp.max(jnp.abs(a - b)))
@@ -182,7 +185,7 @@ def test_render_backend_values_and_grad():
 
   grad = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
   (_, out_x), g_x = grad(g, feats, "xla")
-  (_, out_t), g_t = grad(g, feats, "triton_interpret")
+  (_, out_t), g_t = grad(g, feats, BACKEND)
   assert float(jnp.max(out_x.alpha)) > 0.9, f"seed {seed}: empty scene"
   for k in KEYS:
     err = float(jnp.max(jnp.abs(getattr(out_t, k) - getattr(out_x, k))))
@@ -202,18 +205,18 @@ def test_render_views_and_fit_agree_across_backends():
   target, g0 = _scene(rng), _scene(rng)
   cams = _cameras(rng, 2)
   kw = dict(tile_size=TS, chunk=8)
-  outs = {b: render_views(target, cams, backend=b, **kw) for b in ("xla", "triton_interpret")}
+  outs = {b: render_views(target, cams, backend=b, **kw) for b in ("xla", BACKEND)}
   for k in ("rgb", "alpha", "depth"):
-    err = float(jnp.max(jnp.abs(getattr(outs["triton_interpret"], k) - getattr(outs["xla"], k))))
+    err = float(jnp.max(jnp.abs(getattr(outs[BACKEND], k) - getattr(outs["xla"], k))))
     assert err <= 4 * FWD_TOL, f"seed {seed}: render_views {k} max abs err {err:.3g}"
 
   images = jnp.clip(outs["xla"].rgb, 0.0, 1.0)
   cfg = fit_lib.FitConfig(num_iters=3, render_kwargs=(("tile_size", TS), ("chunk", 8)))
   fitted = {b: fit_lib.fit(g0, cams, images, dataclasses.replace(cfg, backend=b),
                            rng=jax.random.PRNGKey(seed % 1000)).gaussians
-            for b in ("xla", "triton_interpret")}
+            for b in ("xla", BACKEND)}
   for name in ("means", "log_scales", "quats", "opacity_logits", "sh"):
-    a, b = getattr(fitted["triton_interpret"], name), getattr(fitted["xla"], name)
+    a, b = getattr(fitted[BACKEND], name), getattr(fitted["xla"], name)
     moved = float(jnp.max(jnp.abs(b - getattr(g0, name))))
     assert moved > 1e-4, f"seed {seed}: {name} did not move in the fit"
     err = float(jnp.max(jnp.abs(a - b)))
@@ -223,16 +226,18 @@ def test_render_views_and_fit_agree_across_backends():
 def test_backend_errors_are_clear():
   with pytest.raises(ValueError, match="expected one of"):
     resolve_backend("cuda")
-  assert resolve_backend("auto") == "xla"  # no CUDA GPU in a CPU process
+  if jax.default_backend() != "gpu":
+    assert resolve_backend("auto") == "xla"
+  assert resolve_backend("auto", jnp.float64) == "xla"
   cfg = CompositeConfig(width=12, height=12, tile_size=6)
   m, con, op, f, radii, depths = _splats(np.random.default_rng(0), 8, 12, 12, 2, 4)
   lists = bin_gaussians(m, radii, depths, width=12, height=12, tile_size=6, pair_budget=64,
                         tile_capacity=64)
   with pytest.raises(ValueError, match="power of two"):
-    composite_triton(cfg, lists, m, con, op, f, interpret=True)
+    composite_triton(cfg, lists, m, con, op, f, interpret=INTERPRET)
   with pytest.raises(ValueError, match="features is float16, expected float32"):
     composite_triton(cfg._replace(tile_size=4), lists, m, con, op, f.astype(jnp.float16),
-                     interpret=True)
+                     interpret=INTERPRET)
 
 
 def test_kernels_compile_for_cuda():
