@@ -4,7 +4,7 @@
 #   bash experiments/gpu_check.sh                  # on the GPU machine, from the repository root
 #   GPU_CHECK_SMOKE=1 bash experiments/gpu_check.sh   # CPU: tiny sizes, XLA only (tests the script)
 #
-# Steps (each under its own timeout, so the whole run is bounded by their sum, 470 s):
+# Steps (each under its own timeout, so the whole run is bounded by their sum, 470 s, plus setup):
 #   1. parity: tests/test_triton_*.py with the compiled kernels (TRITON_TEST_BACKEND=triton) on the
 #      GPU vs the XLA compositor (forward ≤ 1e-5, VJP ≤ 1e-4 relative, fit within 1e-4);
 #   2. bench_render: 100k and 300k Gaussians at 560×816, forward / forward+backward / one refit
@@ -44,11 +44,13 @@ if [ "$SMOKE" = 1 ]; then
   RENDER_ARGS="--sizes 300 --res 64x48 --tile-size 8 --refit-iters 2 --repeats 1"
   DENOISER_ARGS="--latent 8 --views 1 --reps 1 --dtypes float32 --parts decode --torch off"
   SAMPLER_PRESET=tiny
+  T_PARITY=120 T_RENDER=170 T_DENOISER=120 T_SAMPLER=300  # a loaded CPU; not bounded to 8 min
 else
   PARITY_ENV="TRITON_TEST_BACKEND=triton"
   RENDER_ARGS="--sizes 100000 300000 --res 560x816 --refit-iters 20 --repeats 5"
   DENOISER_ARGS="--latent 64 --views 1 --reps 3 --dtypes float32,bfloat16 --torch on"
   SAMPLER_PRESET=sd15
+  T_PARITY=80 T_RENDER=150 T_DENOISER=70 T_SAMPLER=170
 fi
 
 STATUS=()
@@ -67,18 +69,18 @@ run() {
 }
 
 if [ "$SMOKE" = 1 ]; then
-  run parity 120 env $PARITY_ENV python3 -m pytest -q -p no:cacheprovider tests/test_triton_binning.py \
+  run parity "$T_PARITY" env $PARITY_ENV python3 -m pytest -q -p no:cacheprovider tests/test_triton_binning.py \
       -k "depth_sort_key"
 else
-  run parity 100 env $PARITY_ENV python3 -m pytest -q -p no:cacheprovider \
+  run parity "$T_PARITY" env $PARITY_ENV python3 -m pytest -q -p no:cacheprovider \
       tests/test_triton_composite.py tests/test_triton_binning.py
 fi
 # shellcheck disable=SC2086
-run bench_render 170 python3 -m experiments.bench_render --backend $BACKENDS $RENDER_ARGS \
+run bench_render "$T_RENDER" python3 -m experiments.bench_render --backend $BACKENDS $RENDER_ARGS \
     --dense-max 0 --baseline 0 0 --no-append
 # shellcheck disable=SC2086
-run bench_denoiser 80 python3 -m experiments.bench_denoiser $DENOISER_ARGS --no-append
-run bench_sampler 120 python3 - "$SAMPLER_PRESET" <<'EOF'
+run bench_denoiser "$T_DENOISER" python3 -m experiments.bench_denoiser $DENOISER_ARGS --no-append
+run bench_sampler "$T_SAMPLER" python3 - "$SAMPLER_PRESET" <<'EOF'
 import sys
 import jax
 from experiments import bench_sampler
