@@ -73,6 +73,9 @@ def get_config(arg=None):
   config.refit.lr_sh0 = 2.5e-3
   config.refit.lr_shN = 2.5e-3 / 20
   config.refit.background = (0.0, 0.0, 0.0)  # official: black
+  # Rasterizer compositor of the refit and renders: "auto" (Triton kernels on a CUDA GPU when
+  # jax-triton imports, XLA otherwise), "xla", "triton" (render/composite_triton.py).
+  config.refit.backend = "auto"
 
   # config.template = "synthetic": the project's own head (install check; no data needed).
   config.synthetic = ml_collections.ConfigDict()

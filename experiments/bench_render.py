@@ -1,7 +1,14 @@
-"""Rasterizer benchmark: forward and forward+backward wall time, tile renderer vs dense reference.
+"""Rasterizer benchmark: forward, forward+backward and refit-iteration wall time per backend.
 
   JAX_PLATFORMS=cpu python -m experiments.bench_render                    # full table, appends docs
   JAX_PLATFORMS=cpu python -m experiments.bench_render --sizes 10000 --res 256 --no-append
+  python -m experiments.bench_render --backend xla triton --sizes 100000 300000 --res 816x560 \
+      --refit-iters 20 --dense-max 0 --baseline 0 0 --no-append         # GPU: both compositors
+
+With several --backend values every size runs each backend in the same process, and the rows
+after the first backend's report its parity: max |Δrgb| and ‖Δ∂means‖/‖∂means‖ against it. The
+refit column is one full refit iteration (render + photometric loss + backward + Adam), timed as
+`fit.fit` with --refit-iters iterations in one lax.scan, divided by the iteration count.
 
 Scene: a head-like random shell (ellipsoid surface ± noise, surface-sized Gaussians, mixed
 opacities) filling most of the frame of a camera 0.6 m away. Timings are medians over repeats
@@ -22,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from splatshot_jax import fit as fit_lib
 from splatshot_jax.cameras import Camera
 from splatshot_jax.gaussians import Gaussians
 from splatshot_jax.render import check_overflow, render, render_dense
@@ -49,12 +57,25 @@ def head_scene(n: int, seed: int = 0) -> Gaussians:
   )
 
 
-def front_camera(res: int) -> Camera:
+def front_camera(width: int, height: int | None = None) -> Camera:
+  """Camera 0.6 m in front of the head; 30° field of view across the shorter side."""
+  height = width if height is None else height
   viewmat = np.eye(4, dtype=np.float32)
   viewmat[2, 3] = 0.6
-  f = res / (2 * np.tan(np.deg2rad(30) / 2))  # 30° field of view, the head fills ~75% of it
-  K = np.array([[f, 0, res / 2], [0, f, res / 2], [0, 0, 1]], np.float32)
-  return Camera(jnp.asarray(viewmat), jnp.asarray(K), res, res)
+  f = min(width, height) / (2 * np.tan(np.deg2rad(30) / 2))  # the head fills ~75% of it
+  K = np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], np.float32)
+  return Camera(jnp.asarray(viewmat), jnp.asarray(K), width, height)
+
+
+def parse_res(text: str) -> tuple[int, int]:
+  """"512" -> (512, 512); "816x560" -> (816, 560) as (width, height)."""
+  try:
+    parts = [int(x) for x in text.lower().split("x")]
+  except ValueError:
+    parts = []
+  if len(parts) not in (1, 2) or min(parts) <= 0:
+    raise argparse.ArgumentTypeError(f"--res {text!r}: expected N or WxH (e.g. 512, 816x560)")
+  return (parts[0], parts[-1])
 
 
 def _time(fn, args, repeats):
@@ -75,30 +96,53 @@ def _time(fn, args, repeats):
   return statistics.median(walls), statistics.median(cpus), first
 
 
-def bench_one(n, res, repeats, dense_max, kw):
+def bench_one(n, res, repeats, dense_max, kw, backends=("xla",), refit_iters=0):
+  """One scene, every backend: a row dict per backend (times in s, parity vs backends[0])."""
+  width, height = res
   g = head_scene(n)
-  cam = front_camera(res)
-  w = jnp.asarray(np.random.default_rng(1).normal(size=(res, res, 3)), jnp.float32)
+  cam = front_camera(width, height)
+  w = jnp.asarray(np.random.default_rng(1).normal(size=(height, width, 3)), jnp.float32)
   # Size the pair budget as a user would after a first check_overflow: the frame's need, rounded
   # up to a power of two (the default 16·N is safe but sorts more padding).
-  probe = render(g, cam, pair_budget=64 * n, **kw)
+  probe = render(g, cam, pair_budget=64 * n, **dict(kw, backend="xla" if "xla" in backends else backends[0]))
   kw = dict(kw, pair_budget=1 << (int(probe.overflow.num_pairs) - 1).bit_length())
-  fwd = jax.jit(lambda g: render(g, cam, **kw).rgb)
-  loss = lambda g: jnp.sum(render(g, cam, **kw).rgb * w)
-  fwdbwd = jax.jit(jax.value_and_grad(loss))
-  out = render(g, cam, **kw)
-  check_overflow(out)
-  pairs = int(out.overflow.num_pairs)
-  longest = int(out.overflow.max_tile_entries)
-  row = dict(n=n, res=res, pairs=pairs, longest=longest)
-  row["fwd"], row["fwd_cpu"], row["fwd_first"] = _time(fwd, (g,), repeats)
-  row["fwdbwd"], row["fwdbwd_cpu"], row["fwdbwd_first"] = _time(fwdbwd, (g,), repeats)
-  if n * res * res <= dense_max:
+  rows, ref = [], None
+  for b in backends:
+    bkw = dict(kw, backend=b)
+    fwd = jax.jit(lambda g: render(g, cam, **bkw).rgb)
+    loss = lambda g: jnp.sum(render(g, cam, **bkw).rgb * w)
+    fwdbwd = jax.jit(jax.value_and_grad(loss))
+    out = render(g, cam, **bkw)
+    check_overflow(out)
+    row = dict(backend=b, n=n, res=res, pairs=int(out.overflow.num_pairs),
+               longest=int(out.overflow.max_tile_entries))
+    row["fwd"], row["fwd_cpu"], row["fwd_first"] = _time(fwd, (g,), repeats)
+    row["fwdbwd"], row["fwdbwd_cpu"], row["fwdbwd_first"] = _time(fwdbwd, (g,), repeats)
+    rgb, (_, grad) = jax.device_get((out.rgb, fwdbwd(g)))
+    if ref is None:
+      ref = (rgb, grad.means)
+    else:
+      row["d_rgb"] = float(np.max(np.abs(rgb - ref[0])))
+      row["d_grad"] = float(np.linalg.norm(grad.means - ref[1]) / max(np.linalg.norm(ref[1]), 1e-30))
+    if refit_iters > 0:
+      row["refit"] = _time_refit(g, cam, jnp.clip(out.rgb, 0, 1), bkw, refit_iters, repeats)
+    rows.append(row)
+  if dense_max > 0 and n * width * height <= dense_max:
     dfwd = jax.jit(lambda g: render_dense(g, cam)["rgb"])
     dbwd = jax.jit(jax.value_and_grad(lambda g: jnp.sum(render_dense(g, cam)["rgb"] * w)))
-    row["dense_fwd"], _, _ = _time(dfwd, (g,), max(1, repeats // 2))
-    row["dense_fwdbwd"], _, _ = _time(dbwd, (g,), max(1, repeats // 2))
-  return row
+    rows[0]["dense_fwd"], _, _ = _time(dfwd, (g,), max(1, repeats // 2))
+    rows[0]["dense_fwdbwd"], _, _ = _time(dbwd, (g,), max(1, repeats // 2))
+  return rows
+
+
+def _time_refit(g, cam, image, render_kw, iters, repeats):
+  """Median wall s per refit iteration: `fit.fit` (render + loss + backward + Adam) over one view."""
+  cams = jax.tree.map(lambda x: x[None], cam)
+  kw = tuple((k, v) for k, v in render_kw.items() if k != "backend")
+  cfg = fit_lib.FitConfig(num_iters=iters, backend=render_kw["backend"], render_kwargs=kw)
+  run = lambda g: fit_lib.fit(g, cams, image[None], cfg, rng=jax.random.PRNGKey(0)).losses
+  wall, _, _ = _time(run, (g,), repeats)
+  return wall / iters
 
 
 def cpu_model() -> str:
@@ -132,45 +176,57 @@ def append_section(path: str, heading: str, block: str) -> None:
 def main(argv=None):
   p = argparse.ArgumentParser()
   p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 100_000])
-  p.add_argument("--res", type=int, nargs="+", default=[256, 512])
+  p.add_argument("--res", type=parse_res, nargs="+", default=[(256, 256), (512, 512)],
+                 help="N (square) or WxH, e.g. 816x560")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--dense-max", type=float, default=2_000 * 128 * 128,
-                 help="run the dense baseline when N·H·W ≤ this (its memory is O(N·H·W))")
+                 help="run the dense baseline when N·H·W ≤ this (its memory is O(N·H·W)); 0: never")
   p.add_argument("--baseline", type=int, nargs=2, default=[2_000, 128], metavar=("N", "RES"),
-                 help="an extra small row where the dense renderer fits in memory")
+                 help="an extra small row where the dense renderer fits in memory (0 0: none)")
   p.add_argument("--tile-size", type=int, default=16)
   p.add_argument("--chunk", type=int, default=32)
   p.add_argument("--tiles-per-step", type=int, default=8)
+  p.add_argument("--backend", nargs="+", default=["xla"],
+                 choices=["auto", "xla", "triton", "triton_interpret"],
+                 help="compositors to time, each on the same scenes (parity vs the first)")
+  p.add_argument("--refit-iters", type=int, default=0,
+                 help="also time a refit iteration (fit.fit over this many iterations); 0: skip")
   p.add_argument("--no-append", action="store_true")
   args = p.parse_args(argv)
   kw = dict(tile_size=args.tile_size, chunk=args.chunk, tiles_per_step=args.tiles_per_step)
 
-  header = ("| N | res | pairs | longest tile | fwd s (cpu s) | fwd+bwd s (cpu s) "
-            "| compile fwd / fwd+bwd s | dense fwd s | dense fwd+bwd s |")
-  lines = [header, "|" + "---|" * 9]
+  header = ("| backend | N | W×H | pairs | longest tile | fwd ms (cpu ms) | fwd+bwd ms (cpu ms) "
+            "| refit it ms | compile fwd / fwd+bwd s | max Δrgb / ∂means rel vs first "
+            "| dense fwd ms | dense fwd+bwd ms |")
+  lines = [header, "|" + "---|" * 12]
   print(header, flush=True)
-  rows = [tuple(args.baseline)] + [(n, res) for res in args.res for n in args.sizes]
+  rows = [(n, res) for res in args.res for n in args.sizes]
+  if args.baseline[0] > 0:
+    rows.insert(0, (args.baseline[0], (args.baseline[1], args.baseline[1])))
   for n, res in rows:
-    r = bench_one(n, res, args.repeats, args.dense_max, kw)
-    fmt = lambda k: f"{r[k]:.3f}" if k in r else "–"
-    line = (f"| {n} | {res}² | {r['pairs']} | {r['longest']} | {fmt('fwd')} ({fmt('fwd_cpu')}) | "
-            f"{fmt('fwdbwd')} ({fmt('fwdbwd_cpu')}) | "
-            f"{r['fwd_first'] - r['fwd']:.1f} / {r['fwdbwd_first'] - r['fwdbwd']:.1f} | "
-            f"{fmt('dense_fwd')} | {fmt('dense_fwdbwd')} |")
-    lines.append(line)
-    print(line, flush=True)
+    for r in bench_one(n, res, args.repeats, args.dense_max, kw, tuple(args.backend),
+                       args.refit_iters):
+      ms = lambda k: f"{1e3 * r[k]:.2f}" if k in r else "–"
+      parity = f"{r['d_rgb']:.2g} / {r['d_grad']:.2g}" if "d_rgb" in r else "–"
+      line = (f"| {r['backend']} | {n} | {res[0]}×{res[1]} | {r['pairs']} | {r['longest']} | "
+              f"{ms('fwd')} ({ms('fwd_cpu')}) | {ms('fwdbwd')} ({ms('fwdbwd_cpu')}) | {ms('refit')} | "
+              f"{r['fwd_first'] - r['fwd']:.1f} / {r['fwdbwd_first'] - r['fwdbwd']:.1f} | {parity} | "
+              f"{ms('dense_fwd')} | {ms('dense_fwdbwd')} |")
+      lines.append(line)
+      print(line, flush=True)
 
   if args.no_append:
     return
-  cmd = "JAX_PLATFORMS=cpu python -m experiments.bench_render " + " ".join(sys.argv[1:] if argv is None else argv)
+  cmd = "python -m experiments.bench_render " + " ".join(sys.argv[1:] if argv is None else argv)
   date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
   dev = jax.devices()[0]
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
   machine = (f"{cpu_model()}, {os.cpu_count()} cores visible, shared with other jobs (load "
-             f"average {load:.1f} at the end), jax {jax.__version__} on {dev.platform}")
+             f"average {load:.1f} at the end), jax {jax.__version__} on {dev.platform} "
+             f"({dev.device_kind})")
   text = [f"\n### Rasterizer — {date}\n", f"Command: `{cmd.strip()}`  ", f"Machine: {machine}  ",
           f"Settings: tile {args.tile_size}, pair budget = needed pairs rounded up to a power of 2, chunk {args.chunk}, tiles_per_step {args.tiles_per_step}, "
-          f"median of {args.repeats} after warm-up; times in seconds.\n", *lines, ""]
+          f"median of {args.repeats} after warm-up; times in milliseconds.\n", *lines, ""]
   append_section(DOCS, "## Rasterizer", "\n".join(text) + "\n")
   print(f"appended to {os.path.normpath(DOCS)}")
 

@@ -45,7 +45,8 @@ def _run(config, out, t_start: float) -> dict:
   prior, conditioner = pipeline.load_prior(config)
   cond_photo, cond_template = pipeline.make_conditions(config, prior, conditioner, template, photo)
   cfg = sampler.sampler_config(config)
-  scene = guidance.gaussian_scene(background=tuple(config.refit.background))
+  scene = guidance.gaussian_scene(background=tuple(config.refit.background),
+                                  render_kwargs=(("backend", config.refit.get("backend", "auto")),))
   schedule = getattr(prior, "schedule", None)
 
   t_setup = time.time()

@@ -67,6 +67,9 @@ class FitConfig:
   schedule_iters: int = 0  # 0: num_iters (fit_with_densification sets the whole fit's length)
   # Rasterizer settings forwarded to `render`.
   render_kwargs: tuple[tuple[str, object], ...] = ()
+  # Compositor of `render` ("auto" | "xla" | "triton" | "triton_interpret"); a "backend" entry of
+  # render_kwargs takes precedence.
+  backend: str = "auto"
 
 
 @struct.dataclass
@@ -150,7 +153,7 @@ def view_loss(
       camera,
       background=jnp.asarray(cfg.background, jnp.float32),
       sh_degree=cfg.sh_degree if sh_degree is None else sh_degree,
-      **dict(cfg.render_kwargs),
+      **{"backend": cfg.backend, **dict(cfg.render_kwargs)},
   )
   loss = metrics.photometric_loss(out.rgb, image, lambda_dssim=cfg.lambda_dssim)
   return loss, out.overflow_total

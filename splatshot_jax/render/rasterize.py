@@ -12,6 +12,7 @@ from flax import struct
 from splatshot_jax.cameras import Camera
 from splatshot_jax.gaussians import Gaussians
 from splatshot_jax.render.composite import CompositeConfig, composite
+from splatshot_jax.render.composite_triton import composite_triton, resolve_backend
 from splatshot_jax.render.project import project_gaussians, sh_colors
 from splatshot_jax.render.tiles import Overflow, bin_gaussians, tile_grid
 
@@ -62,7 +63,7 @@ def default_pair_budget(num_gaussians: int, width: int, height: int, tile_size: 
 @functools.partial(
     jax.jit,
     static_argnames=("render_rgb", "tile_size", "tile_capacity", "pair_budget", "near_plane",
-                     "eps2d", "chunk", "tiles_per_step"))
+                     "eps2d", "chunk", "tiles_per_step", "backend"))
 def render(
     gaussians: Gaussians,
     camera: Camera,
@@ -78,6 +79,7 @@ def render(
     eps2d: float = 0.3,
     chunk: int = 32,
     tiles_per_step: int = 8,
+    backend: str = "auto",
 ) -> RenderOutput:
   """Differentiable tile rasterization of N Gaussians into one camera.
 
@@ -96,12 +98,17 @@ def render(
       pairs are dropped and counted in overflow.pairs_dropped.
     near_plane: Gaussians with camera z below it are culled.
     eps2d: px² added to the 2D covariance (3DGS low-pass).
-    chunk, tiles_per_step: static vectorisation widths of the compositor (speed only).
+    chunk, tiles_per_step: static vectorisation widths of the XLA compositor (speed only).
+    backend: static compositor: "xla" (pure XLA, any device and dtype), "triton" (Triton kernels
+      through jax_triton on a CUDA GPU; float32, power-of-two tile_size), "triton_interpret" (the
+      same kernels in Triton's CPU interpreter, for tests: slow) or "auto" (triton on a CUDA GPU
+      when jax_triton imports and the Gaussians are float32, xla otherwise).
   Returns:
     RenderOutput. Call `check_overflow(out)` on the host to make sure nothing was dropped.
   """
   n = gaussians.means.shape[0]
   dtype = gaussians.means.dtype
+  backend = resolve_backend(backend, dtype)
   if pair_budget is None:
     pair_budget = default_pair_budget(n, camera.width, camera.height, tile_size)
   proj = project_gaussians(gaussians, camera, near_plane=near_plane, eps2d=eps2d)
@@ -120,7 +127,11 @@ def render(
 
   cfg = CompositeConfig(width=camera.width, height=camera.height, tile_size=tile_size,
                         chunk=chunk, tiles_per_step=tiles_per_step)
-  image, T_final = composite(cfg, lists, proj.means2d, proj.conics, proj.opacities, feats)
+  if backend == "xla":
+    image, T_final = composite(cfg, lists, proj.means2d, proj.conics, proj.opacities, feats)
+  else:
+    image, T_final = composite_triton(cfg, lists, proj.means2d, proj.conics, proj.opacities, feats,
+                                      interpret=backend == "triton_interpret")
 
   c = 0
   rgb = None
@@ -135,11 +146,19 @@ def render(
 
 
 def render_views(gaussians: Gaussians, cameras: Camera, **kwargs) -> RenderOutput:
-  """`render` vmapped over V cameras (viewmat (V, 4, 4), K (V, 3, 3)); same keyword arguments.
+  """`render` over V cameras (viewmat (V, 4, 4), K (V, 3, 3)); same keyword arguments.
+
+  vmapped on CPU/TPU with the XLA compositor, one view after another (lax.map) otherwise.
 
   Returns a RenderOutput with a leading V axis on every array (rgb (V, H, W, 3), ...).
   """
-  return jax.vmap(lambda cam: render(gaussians, cam, **kwargs))(cameras)
+  one = lambda cam: render(gaussians, cam, **kwargs)
+  backend = resolve_backend(kwargs.get("backend", "auto"), gaussians.means.dtype)
+  if backend != "xla" or jax.default_backend() == "gpu":
+    # Views one after another: the Triton launches have no batching rule, and on a GPU a vmapped
+    # sort is a batched sort, which XLA does not send to CUB's radix sort.
+    return jax.lax.map(one, cameras)
+  return jax.vmap(one)(cameras)
 
 
 def check_overflow(out: RenderOutput) -> None:

@@ -62,6 +62,26 @@ def tile_grid(width: int, height: int, tile_size: int) -> tuple[int, int]:
   return -(-width // tile_size), -(-height // tile_size)
 
 
+def depth_sort_key(depths: jax.Array) -> jax.Array:
+  """(N,) float depths -> (N,) integer keys in the same order (int32; int64 for float64 depths).
+
+  IEEE floats of one sign order like their bit patterns read as integers: positive depths keep
+  their order bit-cast to int32; negative ones (behind the camera) get their magnitude bits
+  flipped so that they order below, and ascending, too. -0.0 is first made +0.0 (jnp.sort treats
+  them as equal). NaN depths are not supported.
+  """
+  wide = depths.dtype == jnp.float64
+  itype = jnp.int64 if wide else jnp.int32
+  d = jnp.where(depths == 0, 0, depths).astype(jnp.float64 if wide else jnp.float32)
+  bits = jax.lax.bitcast_convert_type(d, itype)
+  return bits ^ ((bits >> (63 if wide else 31)) & jnp.array(jnp.iinfo(itype).max, itype))
+
+
+def _fits_int32_key(num_tiles: int, n: int) -> bool:
+  """Whether tile · N + rank (sentinel tile included) fits in an int32."""
+  return (num_tiles + 1) * n < 2**31
+
+
 def bin_gaussians(
     means2d: jax.Array,
     radii: jax.Array,
@@ -112,17 +132,23 @@ def bin_gaussians(
   tile = jnp.where(used, tile, num_tiles)  # sentinel sorts past every real tile
 
   n = means2d.shape[0]
-  depths = jax.lax.stop_gradient(depths)
-  if (num_tiles + 1) * n < 2**31:
-    # One int32 key (tile · N + depth rank) sorts several times faster on CPU than a two-key
-    # comparator sort, and the Gaussian id is recovered from the rank: no payload to move.
-    by_depth = jnp.argsort(depths).astype(jnp.int32)
-    rank = jnp.zeros((n,), jnp.int32).at[by_depth].set(jnp.arange(n, dtype=jnp.int32))
+  # Depth rank per Gaussian (ties by index): the only per-Gaussian sort, on an int32 key.
+  by_depth = jnp.argsort(depth_sort_key(jax.lax.stop_gradient(depths)), stable=True).astype(jnp.int32)
+  rank = jnp.zeros((n,), jnp.int32).at[by_depth].set(jnp.arange(n, dtype=jnp.int32))
+  # Every pair sort below is a one- or two-operand sort of int32 keys, which XLA sends to CUB's
+  # radix sort on NVIDIA GPUs (three operands or float keys take the slow comparator sort).
+  if _fits_int32_key(num_tiles, n):
+    # One int32 key, tile in the high part (tile · N + depth rank): no payload to move, and the
+    # Gaussian id is recovered from the rank.
     key = jax.lax.sort(tile * n + rank[g])
     sorted_tile = key // n
     sorted_g = by_depth[key % n]
   else:
-    sorted_tile, _, sorted_g = jax.lax.sort((tile, depths[g], g), num_keys=2)
+    # Too many tiles × Gaussians for one int32: two stable passes (depth rank, then tile), each
+    # an int32 key with the pair index as payload, give the same (tile, rank) order.
+    _, perm = jax.lax.sort((rank[g], p), num_keys=1, is_stable=True)
+    sorted_tile, perm = jax.lax.sort((tile[perm], perm), num_keys=1, is_stable=True)
+    sorted_g = g[perm]
   tile_ids = jnp.arange(num_tiles, dtype=jnp.int32)
   start = jnp.searchsorted(sorted_tile, tile_ids, side="left").astype(jnp.int32)
   end = jnp.searchsorted(sorted_tile, tile_ids, side="right").astype(jnp.int32)
