@@ -39,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Rasterizer tiles: 16 px as in 3DGS; 8 px with 32 tiles per step is ~1.6x faster on CPU.
   config.fit.tile_size = 16
   config.fit.tiles_per_step = 8
+  config.fit.backend = "auto"  # compositor: auto (Triton on a CUDA GPU, else XLA) | xla | triton
 
   config.turntable_frames = 60
 

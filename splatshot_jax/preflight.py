@@ -33,6 +33,7 @@ DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 SYNTHETIC_RIGS = ("own", "paper48")
 BUILD_RIGS = ("own", "paper48", "auto")
 DETECTORS = ("hog", "cnn")
+RENDER_BACKENDS = ("auto", "xla", "triton", "triton_interpret")  # render/composite_triton.BACKENDS
 SYNTHETIC_VIEWS = 16  # synthetic.head_rig's cameras; "paper48" adds 2 interpolated per real one
 
 
@@ -161,6 +162,7 @@ def _common_fit_values(v: _Values) -> None:
   v.int("fit.refine_stop_iter", lo=0)
   v.boolean("fit.densify")
   v.number("fit.means_lr_final", lo=0, open_lo=True)
+  v.choice("fit.backend", RENDER_BACKENDS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,6 +415,7 @@ def check_splatshot(config, reference=None) -> list[Problem]:
   for k in ("lr_means", "lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN"):
     v.number(f"refit.{k}", lo=0)
   v.rgb("refit.background")
+  v.choice("refit.backend", RENDER_BACKENDS)
   v.int("outputs.turntable_frames", lo=0)
   v.number("outputs.turntable_fps", lo=0, open_lo=True)
   v.boolean("overwrite")

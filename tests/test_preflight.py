@@ -224,6 +224,7 @@ CASES = {
                                                                                  "[0, 1]"]),
     "steps_zero": lambda tmp, tpl: (["--config.sampler.num_inference_steps=0"],
                                     ["config.sampler.num_inference_steps", ">= 1"]),
+    "unknown_backend": lambda tmp, tpl: (["--config.refit.backend=cuda"], ["config.refit.backend", "'triton'"]),
     "unknown_start": lambda tmp, tpl: (["--config.sampler.start=dif"], ["config.sampler.start", "'diffusers'"]),
     "unknown_key": lambda tmp, tpl: (["--config.sampler.stregth=0.3"],
                                      ["config.sampler.stregth", "did you mean config.sampler.strength",
@@ -498,3 +499,8 @@ def test_official_333_views_with_a_point_cloud_load_as_a_template(tmp_path):
   config = splatshot_sd15.get_config("smoke")
   config.template, config.num_views, config.out_dir = str(folder), 48, str(tmp_path / "out")
   assert preflight.check_splatshot(config) == []
+
+
+def test_backend_choices_are_the_renderers():
+  from splatshot_jax.render import composite_triton  # pylint: disable=import-outside-toplevel
+  assert preflight.RENDER_BACKENDS == composite_triton.BACKENDS

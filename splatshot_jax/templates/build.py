@@ -112,7 +112,8 @@ def fit_scene(train: datasets.Views, points: np.ndarray, colors: Optional[np.nda
   render_kwargs = tuple((k, int(fit[k])) for k in ("tile_size", "tiles_per_step") if k in fit)
   fit_cfg = fit_lib.FitConfig(num_iters=fit["num_iters"], scene_scale=scene_scale,
                               background=tuple(background), sh_degree_interval=fit["sh_degree_interval"],
-                              means_lr_final=float(fit.get("means_lr_final", 1.0)), render_kwargs=render_kwargs)
+                              means_lr_final=float(fit.get("means_lr_final", 1.0)), render_kwargs=render_kwargs,
+                              backend=str(fit.get("backend", "auto")))
   densify = fit_lib.DensifyConfig(
       refine_start_iter=fit["refine_start_iter"], refine_stop_iter=fit["refine_stop_iter"],
       refine_every=fit["refine_every"], reset_every=fit["reset_every"], max_gaussians=fit["max_gaussians"])
