@@ -9,57 +9,16 @@ per step), renders_grid.png, turntable.mp4, cameras.json, config.json and metric
 
 from __future__ import annotations
 
-import time
-
-import jax
-
-from splatshot_jax import guidance, outputs, pipeline, sampler
-from splatshot_jax.render import RenderOverflowError, check_overflow, render_views
+from splatshot_jax import pipeline
 
 
 def run(config) -> dict:
-  t_start = time.time()
-  install_check = config.weights == pipeline.RANDOM_TINY
-  if install_check:
+  if config.weights == pipeline.RANDOM_TINY:
     print("install check: random tiny denoiser weights and a synthetic template; the avatar is noise-like by "
           "design (give --config.weights and --config.photo for a real run)")
-    photo = None
-  else:
-    pipeline.resolve_weights(config.sd, config.weights)  # fail fast, listing every missing file
-    photo = pipeline.load_photo(config.photo)
-  template, choice = pipeline.load_base_template(config, photo)
-  num_views, height, width = template.renders.shape[:3]
-  print(f"template {template.name}: {num_views} views of {width}x{height}, {template.gaussians.num} Gaussians")
-
-  prior, conditioner = pipeline.load_prior(config)
-  cond_photo, cond_template = pipeline.make_conditions(config, prior, conditioner, template, photo)
-  cfg = sampler.sampler_config(config)
-  scene = guidance.gaussian_scene(background=tuple(config.refit.background))
-  schedule = getattr(prior, "schedule", None)
-
-  t_setup = time.time()
-  result = sampler.run_splatshot(prior, template, cond_photo, cfg, jax.random.PRNGKey(config.seed), scene=scene,
-                                 template_cond=cond_template, schedule=schedule)
-  t_run = time.time()
-
-  metrics = {"install_check": install_check, "template_choice": choice, "num_views": int(num_views),
-             "seconds": {"setup": round(t_setup - t_start, 1), "sampling": round(t_run - t_setup, 1)}}
-  try:  # the refits inside the jitted steps cannot raise: check the avatar's budgets on the host
-    check_overflow(render_views(result.gaussians, template.cameras,
-                                background=jax.numpy.asarray(config.refit.background, jax.numpy.float32)))
-  except RenderOverflowError as e:
-    print(f"warning: {e}")
-    metrics["render_overflow"] = str(e)
-  if photo is not None:
-    frontal = template.info.frontal_view if template.info.frontal_view < num_views else 0
-    metrics["identity_distance"] = pipeline.identity_report(photo, result.final_images, template.cameras, frontal)
-  written = outputs.write_outputs(result, config.out_dir, cameras=template.cameras, config=config,
-                                  extra_metrics=metrics, render=scene.render,
-                                  turntable_frames=config.outputs.turntable_frames,
-                                  turntable_fps=config.outputs.turntable_fps)
-  print(f"wrote {len(written)} outputs to {config.out_dir} in {time.time() - t_start:.0f} s")
-  return metrics
-
+  photo = pipeline.check_inputs(config)  # fail fast, listing every missing file
+  session = pipeline.load_session(config)
+  return pipeline.run_photo(session, config, photo, config.out_dir)
 
 
 if __name__ == "__main__":
