@@ -15,6 +15,7 @@ Weights layout under `config.weights` (each entry can be overridden by an absolu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -238,13 +239,19 @@ class Session:
   schedule: object
 
 
+@functools.lru_cache(maxsize=None)
+def _scene(background: tuple) -> guidance.Scene3D:
+  # One per background in a process: the jitted step is keyed on the scene, so sessions share its compilations.
+  return guidance.gaussian_scene(background=background)
+
+
 def load_session(config, *, progress: bool = True) -> Session:
   """Loads the prior and the templates and builds the step's static arguments (`progress`: the step bar)."""
   candidates = load_template_candidates(config)
   prior, conditioner = load_prior(config)
   cfg = dataclasses.replace(sampler.sampler_config(config), progress=progress)
   return Session(prior=prior, conditioner=conditioner, candidates=candidates,
-                 scene=guidance.gaussian_scene(background=tuple(config.refit.background)), sampler_cfg=cfg,
+                 scene=_scene(tuple(float(b) for b in config.refit.background)), sampler_cfg=cfg,
                  schedule=getattr(prior, "schedule", None))
 
 
