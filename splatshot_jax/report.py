@@ -26,8 +26,8 @@ th { background: #f2f2f2; }
 .num td { text-align: right; }
 .num td:first-child { text-align: left; }
 .headline { font-size: 15px; background: #f7f7e8; padding: 8px; border: 1px solid #ddc; max-width: 980px; }
-.photo img { width: 128px; display: block; }
-.small td { border: none; padding: 0 6px 0 0; font-size: 12px; }
+.photo img { width: 112px; display: block; }
+.small td { border: none; padding: 0 6px 0 0; font-size: 12px; white-space: nowrap; }
 .bad { color: #b00; }
 .note { color: #555; font-size: 13px; max-width: 980px; }
 """
@@ -49,7 +49,8 @@ def svg_plot(series: Sequence[dict], *, hlines: Sequence[dict] = (), xlabel: str
   Args:
     series: [{"x": [...], "y": [... or None], "label": str, "color": css, "dash": bool}]; None breaks the line
       and is skipped (e.g. no face found at that yaw).
-    hlines: [{"y": float, "label": str, "color": css}] horizontal reference lines.
+    hlines: [{"y": float, "label": str, "color": css, "left": bool}] horizontal reference lines (label at the
+      right end, or the left one).
     xlabel, ylabel: axis captions; ylim: (lo, hi), default the data range (with the hlines).
   """
   left, right, top, bottom = 40, 8, 8, 30
@@ -80,7 +81,8 @@ def svg_plot(series: Sequence[dict], *, hlines: Sequence[dict] = (), xlabel: str
     if lo <= h["y"] <= hi:
       out.append(f'<line x1="{left}" x2="{width - right}" y1="{sy(h["y"]):.1f}" y2="{sy(h["y"]):.1f}" '
                  f'stroke="{h.get("color", "#888")}" stroke-dasharray="4 3"/>')
-      out.append(f'<text x="{width - right - 2}" y="{sy(h["y"]) - 2:.1f}" font-size="9" text-anchor="end" '
+      lx, anchor = (left + 2, "start") if h.get("left") else (width - right - 2, "end")
+      out.append(f'<text x="{lx}" y="{sy(h["y"]) - 2:.1f}" font-size="9" text-anchor="{anchor}" '
                  f'fill="{h.get("color", "#888")}">{html.escape(h.get("label", ""))}</text>')
   legend_y = top + 11
   for s in series:
@@ -128,14 +130,14 @@ def _headline(table: Sequence[dict]) -> str:
           f"SplatShot <b>{OFFICIAL_MEDIAN_DLIB:.2f}</b> (70 CelebA-HQ photos). Lower is better.</p>")
 
 
-def _image(src: str, alt: str, width: int = 128) -> str:
+def _image(src: str, alt: str, width: int = 112) -> str:
   return f'<img src="{html.escape(src)}" alt="{html.escape(alt)}" width="{width}">'
 
 
 def _photo_row(row: dict, ev: dict | None, out_dir: Path) -> str:
   name = html.escape(Path(row["photo"]).name)
   if ev is None:
-    return (f'<tr><td>{name}</td><td colspan="7" class="bad">{html.escape(row["status"])}: '
+    return (f'<tr><td>{name}</td><td colspan="8" class="bad">{html.escape(row["status"])}: '
             f'{html.escape(row.get("error", ""))}</td></tr>')
   folder = row["folder"]
   cells = []
@@ -143,12 +145,12 @@ def _photo_row(row: dict, ev: dict | None, out_dir: Path) -> str:
                  ("side_right.png", "side (right)"), ("turntable.gif", "turntable")):
     rel = f"{folder}/evaluation/{f}"
     cells.append(f'<td class="photo">{_image(rel, alt) if (out_dir / rel).is_file() else "–"}<br>{alt}</td>')
-  numbers = [("dlib, |yaw| ≤ 30 (mean)", row["dlib_mean_near_frontal"]), ("dlib, yaw 0", row["dlib_frontal"]),
-             ("faces found |yaw| ≤ 30", row["faces_found_near_frontal"]),
-             ("dlib, official turntable (median)", row["official_dlib_median"]),
-             ("ArcFace, |yaw| ≤ 30", row["arcface_mean_near_frontal"]),
-             ("PSNR views/avatar", row["psnr"]), ("SSIM", row["ssim"]), ("reproj. depth (rel.)", row["reproj_depth_rel"]),
-             ("reproj. L1 views", row["reproj_views_l1"]), ("final discrepancy", row["final_discrepancy"])]
+  numbers = [("dlib |yaw| ≤ 30", row["dlib_mean_near_frontal"]), ("dlib yaw 0", row["dlib_frontal"]),
+             ("faces |yaw| ≤ 30", row["faces_found_near_frontal"]),
+             ("dlib official", row["official_dlib_median"]), ("ArcFace |yaw| ≤ 30", row["arcface_mean_near_frontal"]),
+             ("ArcFace official", row["official_arcface_mean"]), ("PSNR (dB)", row["psnr"]), ("SSIM", row["ssim"]),
+             ("reproj. depth", row["reproj_depth_rel"]), ("reproj. L1", row["reproj_views_l1"]),
+             ("discrepancy", row["final_discrepancy"])]
   num_html = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v)) if v != '' else '–'}</td></tr>"
                      for k, v in numbers)
   ident = ev.get("identity", {})
@@ -158,13 +160,13 @@ def _photo_row(row: dict, ev: dict | None, out_dir: Path) -> str:
   hlines = [{"y": SAME_PERSON, "label": "0.6 same person", "color": "#b00"}]
   off = ev.get("official") or {}
   if off.get("dlib_median") is not None:
-    hlines.append({"y": off["dlib_median"], "label": "official turntable median", "color": "#2a2"})
+    hlines.append({"y": off["dlib_median"], "label": "official turntable", "color": "#2a2", "left": True})
   found = [y for y in (ident.get("dlib") or []) if y is not None]
-  yaw_plot = svg_plot(series, hlines=hlines, xlabel="yaw (deg)", ylabel="dlib distance",
+  yaw_plot = svg_plot(series, hlines=hlines, xlabel="yaw (deg)", ylabel="dlib distance", width=250,
                       ylim=(0.0, max([1.0] + found))) if series else \
       html.escape(ident.get("skipped", "no identity"))
   disc = ev.get("discrepancy_per_step") or []
-  disc_plot = svg_plot([{"x": list(range(len(disc))), "y": disc, "color": "#d62728"}], xlabel="step",
+  disc_plot = svg_plot([{"x": list(range(len(disc))), "y": disc, "color": "#d62728"}], xlabel="step", width=220,
                        ylabel="discrepancy L") if disc else "–"
   return (f"<tr><td>{name}</td>{''.join(cells)}<td><table class='small'>{num_html}</table></td>"
           f"<td>{yaw_plot}</td><td>{disc_plot}</td></tr>")
