@@ -6,7 +6,7 @@
 
 Every field of configs/splatshot_sd15.py is here and overridable the same way (`--config.sampler.strength=0.6`);
 `photo` is set per photo. `shard = "i/n"` runs every n-th photo from the i-th of the sorted list; "" takes
-(jax.process_index(), jax.process_count()). See splatshot_jax/batch.py for the output layout.
+(jax.process_index(), jax.process_count()) in a multi-host JAX job, or the task's place in a SLURM job array. See splatshot_jax/batch.py for the output layout.
 """
 
 from configs import splatshot_sd15
@@ -19,7 +19,7 @@ def get_config(arg=None):
   config.job = "batch"
   config.photos = ""  # a folder of photos or a glob ('photos/*.jpg'); sorted by path
   config.out_dir = "outputs/batch"
-  config.shard = ""  # "i/n"; "" = (jax.process_index(), jax.process_count())
+  config.shard = ""  # "i/n"; "": (jax.process_index(), jax.process_count()), or the SLURM array task, or 0/1
   if arg == "smoke":
     config.out_dir = "outputs/batch_smoke"
   return config

@@ -9,7 +9,8 @@
 
 A photo is finished when its folder holds done.json: a rerun skips it and redoes every other photo (an
 unfinished folder is cleared first). `config.shard = "i/n"` runs every n-th photo of the sorted list from the
-i-th; by default (jax.process_index(), jax.process_count()), so one command serves all hosts of a job.
+i-th; by default (jax.process_index(), jax.process_count()) in a multi-host JAX job, or the task's place in a SLURM
+job array, so one command serves every host or task.
 failures.json and summary.csv are rebuilt from the photo folders at the end of every run, so after the last
 shard of a job finishes they cover the whole batch (rerunning any shard with nothing left to do rebuilds them).
 """
@@ -76,14 +77,26 @@ def list_photos(spec: str) -> list[Path]:
   return files
 
 
-def parse_shard(shard: str) -> tuple[int, int]:
-  """(index, count) from "i/n"; "" is this process's place in a multi-host job (1 process: (0, 1))."""
+def parse_shard(shard: str, environ=None) -> tuple[int, int]:
+  """(index, count) of this process's share of the photos.
+
+  "i/n" as given; "" is this process's place in a multi-host JAX job (jax.process_index(), jax.process_count()),
+  or, in a single-process task of a SLURM job array (--array=0-7), the task's place in the array; else (0, 1).
+  """
   if not shard:
-    return jax.process_index(), jax.process_count()
+    if jax.process_count() > 1:
+      return jax.process_index(), jax.process_count()
+    env = os.environ if environ is None else environ
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+      if env.get("SLURM_ARRAY_TASK_STEP", "1") != "1":
+        raise BatchError("config.shard: this SLURM array has a step; give --config.shard=i/n explicitly")
+      index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+      return index, int(env["SLURM_ARRAY_TASK_COUNT"])
+    return 0, 1
   m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(shard))
   if not m or not int(m[1]) < int(m[2]):
     raise BatchError(f"config.shard={shard!r}: expected 'i/n' with 0 <= i < n (e.g. '0/4'), or '' for "
-                     "(jax.process_index(), jax.process_count())")
+                     "(jax.process_index(), jax.process_count()) or the SLURM array task")
   return int(m[1]), int(m[2])
 
 
@@ -146,7 +159,7 @@ class BatchResult:
 def photo_config(config, photo: Path, folder: Path):
   """The single run's config for one photo of the batch (the batch-only fields stay, as a record)."""
   c = copy.deepcopy(config)
-  c.photo = str(photo)
+  c.photo = str(photo.absolute())  # config.json records it: the evaluation may run from another folder
   c.out_dir = str(folder)
   return c
 

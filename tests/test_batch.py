@@ -28,7 +28,7 @@ GOOD = ("00000", "00001", "00002")
 def tiny_config(photos, out_dir):
   """configs/batch.py:smoke shrunk further: 32 px, 300 Gaussians, 2 steps of 5 refit iterations."""
   c = batch_config.get_config("smoke")
-  c.photos, c.out_dir = str(photos), str(out_dir)
+  c.photos, c.out_dir, c.shard = str(photos), str(out_dir), "0/1"  # not the SLURM array a CI job may run in
   c.synthetic.size, c.synthetic.num_gaussians = 32, 300
   c.sampler.num_inference_steps = 4  # official start: timesteps[2:], 2 steps
   c.guidance.refit_iters_first = c.guidance.refit_iters = 5
@@ -155,7 +155,11 @@ def test_shards_partition_the_sorted_list(tmp_path):
     shards = [batch.shard_photos(photos, i, n) for i in range(n)]
     assert sorted(p for s in shards for p in s) == photos  # every photo exactly once
     assert all(s == photos[i::n] for i, s in enumerate(shards))  # every n-th of the sorted list from the i-th
-  assert batch.parse_shard("1/3") == (1, 3) and batch.parse_shard("") == (0, 1)
+  assert batch.parse_shard("1/3") == (1, 3) and batch.parse_shard("", environ={}) == (0, 1)
+  slurm = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "4", "SLURM_ARRAY_TASK_COUNT": "5"}
+  assert batch.parse_shard("", environ=slurm) == (3, 5) and batch.parse_shard("0/2", environ=slurm) == (0, 2)
+  with pytest.raises(batch.BatchError, match="step"):
+    batch.parse_shard("", environ=dict(slurm, SLURM_ARRAY_TASK_STEP="2"))
   for bad in ("3/3", "1", "a/b", "-1/2"):
     with pytest.raises(batch.BatchError, match="config.shard"):
       batch.parse_shard(bad)
