@@ -246,7 +246,13 @@ def _scene(background: tuple) -> guidance.Scene3D:
 
 
 def load_session(config, *, progress: bool = True) -> Session:
-  """Loads the prior and the templates and builds the step's static arguments (`progress`: the step bar)."""
+  """Loads the prior and the templates and builds the step's static arguments (`progress`: the step bar).
+
+  The weights are checked before the templates are read and the templates before the prior is built, so a
+  batch reports missing inputs before any long work.
+  """
+  if config.weights != RANDOM_TINY:
+    resolve_weights(config.sd, config.weights)
   candidates = load_template_candidates(config)
   prior, conditioner = load_prior(config)
   cfg = dataclasses.replace(sampler.sampler_config(config), progress=progress)
