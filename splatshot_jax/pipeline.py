@@ -289,5 +289,5 @@ def run_photo(session: Session, config, photo: np.ndarray | None, out_dir, *, lo
   written = outputs.write_outputs(result, out_dir, cameras=template.cameras, config=config, extra_metrics=metrics,
                                   render=session.scene.render, turntable_frames=config.outputs.turntable_frames,
                                   turntable_fps=config.outputs.turntable_fps)
-  log(f"wrote {len(written)} outputs to {out_dir} in {time.time() - t_start:.0f} s")
+  log(f"wrote {len(written)} outputs to {config.out_dir} in {time.time() - t_start:.0f} s")
   return metrics
