@@ -31,6 +31,8 @@ JOBS = {
     "splatshot": "experiments.splatshot",
     "build_template": "experiments.build_template",
     "feedback_ablation": "experiments.feedback_ablation",
+    "batch": "experiments.batch",
+    "evaluate": "experiments.evaluate",
 }
 
 _CONFIG_ARG = re.compile(r"^--?config(=|$)")

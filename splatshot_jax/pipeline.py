@@ -15,6 +15,8 @@ Weights layout under `config.weights` (each entry can be overridden by an absolu
 from __future__ import annotations
 
 import dataclasses
+import functools
+import time
 from pathlib import Path
 
 import jax
@@ -22,10 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from splatshot_jax import cameras as cam_lib
-from splatshot_jax import templates
+from splatshot_jax import errors, guidance, outputs, sampler, templates
 from splatshot_jax.diffusion import denoiser, loading, presets
 from splatshot_jax.io import images as image_io
 from splatshot_jax.io.images import to_uint8
+from splatshot_jax.render import RenderOverflowError, check_overflow, render_views
 
 RANDOM_TINY = "random-tiny"
 
@@ -135,27 +138,33 @@ def _load_template_folder(folder: Path) -> templates.Template:
     raise MissingInputsError(f"config.template: {e}{template_hint(folder)}") from e
 
 
-def load_base_template(config, photo: np.ndarray | None = None) -> tuple[templates.Template, dict]:
+def load_template_candidates(config) -> list[templates.Template]:
+  """The templates config.template names ("synthetic", a folder, or comma-separated folders), unpadded."""
+  if config.template == "synthetic":
+    return [templates.synthetic_template(num_gaussians=config.synthetic.num_gaussians, size=config.synthetic.size,
+                                         rig=config.synthetic.rig)]
+  return [_load_template_folder(f) for f in template_folders(config)]
+
+
+def load_base_template(config, photo: np.ndarray | None = None, candidates: list | None = None
+                       ) -> tuple[templates.Template, dict]:
   """The base template named by config.template, padded for SD, and how it was chosen.
 
   config.template is "synthetic" (the project's own head, built in seconds), a template folder, or
   several folders separated by commas: then the one closest to the photo is chosen
   (`templates.choose_template`: skin colour and face shape; `config.template_override` names one).
+  `candidates`: the templates already loaded by `load_template_candidates` (a batch loads them once).
   Returns (template, {"template": name, "scores": ...}).
   """
   choice_info: dict = {}
-  if config.template == "synthetic":
-    t = templates.synthetic_template(num_gaussians=config.synthetic.num_gaussians, size=config.synthetic.size,
-                                     rig=config.synthetic.rig)
-  else:
-    candidates = [_load_template_folder(f) for f in template_folders(config)]
-    t = candidates[0]
-    if len(candidates) > 1:
-      if photo is None:
-        raise MissingInputsError("config.template lists several templates: choosing one needs config.photo")
-      t, choice = templates.choose_template(to_uint8(photo), candidates,
-                                            override=config.get("template_override", ""))
-      choice_info = {"candidates": [c.name for c in candidates], "scores": np.asarray(choice.scores).tolist()}
+  if candidates is None:
+    candidates = load_template_candidates(config)
+  t = candidates[0]
+  if len(candidates) > 1:
+    if photo is None:
+      raise MissingInputsError("config.template lists several templates: choosing one needs config.photo")
+    t, choice = templates.choose_template(to_uint8(photo), candidates, override=config.get("template_override", ""))
+    choice_info = {"candidates": [c.name for c in candidates], "scores": np.asarray(choice.scores).tolist()}
   choice_info["template"] = t.name
   n = config.num_views
   if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(t):  # preflight reports it first
@@ -214,3 +223,105 @@ def identity_report(photo: np.ndarray, views: np.ndarray, cameras, frontal: int,
     except Exception as e:  # no face found in a generated view is a result, not a crash
       report[f"view_{i:03d}"] = f"n/a ({type(e).__name__})"
   return report
+
+
+# ----------------------------------------------------------------------------------------------
+# One run, split so that a batch loads the models once: check_inputs -> load_session -> run_photo.
+
+
+def check_inputs(config, reference=None) -> np.ndarray | None:
+  """The run's input checks (`preflight.check_splatshot`: weights, photo, template, values, out_dir), before any
+  model is built; returns the photo (None for the install check without one). A batch calls this once per photo.
+
+  Args:
+    config: a splatshot config (configs/splatshot_sd15.py layout); reference: its default, to report unknown keys.
+  Raises:
+    errors.UserInputError: every problem found, each naming its config field and file.
+  """
+  from splatshot_jax import errors, preflight  # pylint: disable=import-outside-toplevel  (preflight imports us)
+
+  errors.raise_if_problems(preflight.check_splatshot(config, reference=reference), "cannot start the splatshot job")
+  if config.weights == RANDOM_TINY and not config.photo:
+    return None
+  return load_photo(config.photo)
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+  """What a run loads once and every photo reuses (a new `scene` would recompile the jitted step).
+
+  Attributes:
+    prior, conditioner: from `load_prior`.
+    candidates: the unpadded templates of config.template (`load_template_candidates`).
+    scene: guidance.Scene3D (render + refit), a static argument of the jitted step.
+    sampler_cfg: sampler.SamplerConfig.
+    schedule: the prior's DDIM schedule (None: the sampler's default).
+  """
+
+  prior: object
+  conditioner: object
+  candidates: list
+  scene: object
+  sampler_cfg: object
+  schedule: object
+
+
+@functools.lru_cache(maxsize=None)
+def _scene(background: tuple, backend: str = "auto") -> guidance.Scene3D:
+  # One per (background, compositor) in a process: the jitted step is keyed on the scene, so sessions share its
+  # compilations.
+  return guidance.gaussian_scene(background=background, render_kwargs=(("backend", backend),))
+
+
+def load_session(config, *, progress: bool = True) -> Session:
+  """Loads the prior and the templates and builds the step's static arguments (`progress`: the step bar).
+
+  The weights are checked before the templates are read and the templates before the prior is built, so a
+  batch reports missing inputs before any long work.
+  """
+  if config.weights != RANDOM_TINY:
+    resolve_weights(config.sd, config.weights)
+  candidates = load_template_candidates(config)
+  prior, conditioner = load_prior(config)
+  cfg = dataclasses.replace(sampler.sampler_config(config), progress=progress)
+  return Session(prior=prior, conditioner=conditioner, candidates=candidates,
+                 scene=_scene(tuple(float(b) for b in config.refit.background), config.refit.get("backend", "auto")),
+                 sampler_cfg=cfg,
+                 schedule=getattr(prior, "schedule", None))
+
+
+def run_photo(session: Session, config, photo: np.ndarray | None, out_dir, *, log=print) -> dict:
+  """SplatShot for one photo (checked by `check_inputs`) with a loaded session; writes out_dir, returns metrics."""
+  t_start = time.time()
+  template, choice = load_base_template(config, photo, session.candidates)
+  num_views, height, width = template.renders.shape[:3]
+  log(f"template {template.name}: {num_views} views of {width}x{height}, {template.gaussians.num} Gaussians")
+  cond_photo, cond_template = make_conditions(config, session.prior, session.conditioner, template, photo)
+  t_setup = time.time()
+  try:
+    result = sampler.run_splatshot(session.prior, template, cond_photo, session.sampler_cfg,
+                                   jax.random.PRNGKey(config.seed), scene=session.scene, template_cond=cond_template,
+                                   schedule=session.schedule)
+  except errors.NonFiniteError as e:
+    if e.partial is not None:  # keep the steps that were fine (run_folder moves the folder to OUT.failed)
+      outputs.write_step_grids(out_dir, e.partial["x0_images"], e.partial["renders"], e.partial["timesteps"])
+    raise
+  t_run = time.time()
+
+  frontal = template.info.frontal_view if template.info.frontal_view < num_views else 0
+  metrics = {"install_check": config.weights == RANDOM_TINY, "template_choice": choice, "num_views": int(num_views),
+             "frontal_view": int(frontal),
+             "seconds": {"setup": round(t_setup - t_start, 1), "sampling": round(t_run - t_setup, 1)}}
+  try:  # the refits inside the jitted steps cannot raise: check the avatar's budgets on the host
+    check_overflow(render_views(result.gaussians, template.cameras,
+                                background=jnp.asarray(config.refit.background, jnp.float32)))
+  except RenderOverflowError as e:
+    log(f"warning: {e}")
+    metrics["render_overflow"] = str(e)
+  if photo is not None:
+    metrics["identity_distance"] = identity_report(photo, result.final_images, template.cameras, frontal)
+  written = outputs.write_outputs(result, out_dir, cameras=template.cameras, config=config, extra_metrics=metrics,
+                                  render=session.scene.render, turntable_frames=config.outputs.turntable_frames,
+                                  turntable_fps=config.outputs.turntable_fps)
+  log(f"wrote {len(written)} outputs to {config.out_dir} in {time.time() - t_start:.0f} s")
+  return metrics

@@ -203,7 +203,8 @@ def run_splatshot(
   steps = enumerate(timesteps)
   if cfg.progress:
     from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-    steps = tqdm(steps, total=len(timesteps), desc="splatshot", unit="step")
+    # leave=None: a top-level bar stays; nested under a batch's photo bar (position 1) it clears when done.
+    steps = tqdm(steps, total=len(timesteps), desc="splatshot", unit="step", leave=None)
   x0s, renders, losses, shifts = [], [], [], []
   for i, t in steps:
     state, aux = guidance.splatshot_step(

@@ -440,7 +440,8 @@ def test_non_finite_run_keeps_its_steps_under_a_failed_folder(tmp_path, monkeypa
   """The splatshot job writes the good steps' x0 grid and moves the folder to OUT.failed (exit 2)."""
   from experiments import splatshot as job
   t = _template(views=2, width=16, height=16, num=10)
-  monkeypatch.setattr(pipeline, "load_base_template", lambda config, photo=None: (t, {}))
+  monkeypatch.setattr(pipeline, "load_template_candidates", lambda config: [t])
+  monkeypatch.setattr(pipeline, "load_base_template", lambda config, photo=None, candidates=None: (t, {}))
   monkeypatch.setattr(pipeline, "load_prior", lambda config: (types.SimpleNamespace(), None))
   monkeypatch.setattr(pipeline, "make_conditions", lambda *a: (None, None))
   partial = {"x0_images": np.zeros((2, 2, 8, 8, 3), np.uint8), "renders": np.zeros((2, 2, 8, 8, 3), np.uint8),
@@ -450,7 +451,6 @@ def test_non_finite_run_keeps_its_steps_under_a_failed_folder(tmp_path, monkeypa
     raise errors.NonFiniteError([errors.Problem("", "step 2 (t=401): the latents became non-finite")],
                                 "the sampler stopped at step 2 of 13", step=2, partial=partial)
   monkeypatch.setattr(sampler, "run_splatshot", boom)
-  monkeypatch.setattr(job.sampler, "run_splatshot", boom)
   out = tmp_path / "out"
   code, err = _main(capsys, "--config=configs/splatshot_sd15.py:smoke", f"--config.out_dir={out}")
   assert code == 2 and "step 2" in err and "latents" in err, err

@@ -1,0 +1,40 @@
+"""Evaluating avatars: identity over a yaw sweep, multi-view consistency, the official turntables; a report.
+
+  python -m experiments.run --config=configs/evaluate.py --config.target=OUT           # batch: + report.html
+  python -m experiments.run --config=configs/evaluate.py --config.target=OUT/00000     # one avatar folder
+  python -m experiments.run --config=configs/evaluate.py --config.target=OUT --config.arcface=w600k_r50.onnx
+
+See splatshot_jax/evaluation.py for the metrics. `smoke` samples the official videos sparsely (tests, CPU).
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  config = ml_collections.ConfigDict()
+  config.job = "evaluate"
+  config.target = ""  # an avatar folder (one run's outputs) or a batch folder (configs/batch.py's out_dir)
+  config.arcface = ""  # local ONNX file of insightface's ArcFace recognition model; "" = dlib only
+
+  # Identity on a yaw sweep in the template's rig frame (yaw 0 = its frontal view).
+  config.yaws = tuple(float(y) for y in range(-90, 91, 15))
+  config.max_yaw = 30.0  # the headline identity is the mean over |yaw| <= max_yaw
+  config.side_yaw = 60.0  # the report's two side views
+
+  # Official turntables: <official_videos>/<photo stem>.mp4 when it exists ("" = none).
+  config.official_videos = "../shared/data/photos/celeba-hq/videos"
+  config.video_stride = 5  # every 5th of the 150 frames
+
+  config.alpha_threshold = 0.9  # reprojection: pixels where both alphas are above this
+  config.render_chunk = 4  # views per render call (memory; one compile for all chunks)
+  config.thumbnail = 192  # longest side of the report's images (px)
+  config.gif_frames = 24
+
+  if arg == "smoke":
+    config.video_stride = 50  # 3 frames per video
+    config.yaws = (-90.0, -30.0, 0.0, 30.0, 90.0)
+    config.thumbnail = 96
+    config.gif_frames = 8
+  elif arg not in (None, ""):
+    raise ValueError(f"configs/evaluate.py: unknown arg {arg!r}; expected '' or 'smoke'")
+  return config

@@ -1,0 +1,29 @@
+"""The evaluate job: an avatar folder -> evaluation.json; a batch folder -> + evaluation.csv and report.html.
+
+  python -m experiments.run --config=configs/evaluate.py --config.target=OUT [--config.arcface=model.onnx]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from splatshot_jax import evaluation
+
+
+def run(config) -> dict:
+  result = evaluation.evaluate(config)
+  target = Path(config.target)
+  if "rows" in result:
+    for entry in result["aggregate"]:
+      if entry["n"]:
+        print(f"{entry['metric']:<55} n={entry['n']:<3} mean {entry['mean']:.4f}  median {entry['median']:.4f}")
+    print(f"official SplatShot median dlib distance (70 CelebA-HQ photos): {evaluation.OFFICIAL_MEDIAN_DLIB}")
+    print(f"wrote {target / 'evaluation.csv'} and {target / 'report.html'}")
+  else:
+    print(f"wrote {target / 'evaluation.json'}")
+  return result
+
+
+if __name__ == "__main__":
+  from experiments import run as _run
+  _run.launch("configs/evaluate.py")

@@ -1,0 +1,269 @@
+"""Batch runs: one SplatShot avatar per photo of a folder or glob, the models loaded once for all of them.
+
+  python -m experiments.run --config=configs/batch.py --config.photos=DIR_OR_GLOB --config.out_dir=OUT
+
+  OUT/<photo stem>/        the single run's outputs (`pipeline.run_photo`) and batch.json; it appears, with
+                           RUN.json "complete", only when the photo finished (`io.atomic.run_folder`)
+  OUT/<photo stem>.failed/ what a failed photo had written, and failure.json: why (no face, unreadable, ...)
+  OUT/failures.json        every failed photo of the batch with its error
+  OUT/summary.csv          one row per photo: status, seconds, compilations, template, discrepancy, identity
+
+A photo is finished when `io.atomic.is_finished` says so (its folder's RUN.json, written last, is "complete"): a
+rerun skips it and redoes every other photo. Each photo gets the single run's own checks first
+(`pipeline.check_inputs` = `preflight.check_splatshot`). `config.shard = "i/n"` runs every n-th photo of the sorted list from the
+i-th; by default (jax.process_index(), jax.process_count()) in a multi-host JAX job, or the task's place in a SLURM
+job array, so one command serves every host or task.
+failures.json and summary.csv are rebuilt from the photo folders at the end of every run, so after the last
+shard of a job finishes they cover the whole batch (rerunning any shard with nothing left to do rebuilds them).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import glob
+import json
+import os
+import re
+import shutil
+import time
+import traceback
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from splatshot_jax import errors, outputs, pipeline
+from splatshot_jax.io import atomic
+from splatshot_jax.io.atomic import atomic_path
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+INFO = "batch.json"  # seconds and compilations of the photo, inside its run folder
+FAILURE = "failure.json"
+SUMMARY_FIELDS = ("photo", "status", "folder", "seconds", "compilations", "template", "final_discrepancy",
+                  "identity_near_frontal", "error")
+
+
+class BatchError(errors.UserInputError):
+  """The batch's own inputs (config.photos, config.shard) are wrong; the message names the field."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The photo list and its shards.
+
+
+def list_photos(spec: str) -> list[Path]:
+  """The batch's photos, sorted by path: every image file of a folder, or the files a glob matches.
+
+  Raises BatchError when nothing matches or two photos would share an output folder (same stem).
+  """
+  if not spec:
+    raise BatchError("config.photos is empty: give a folder of photos or a glob such as 'photos/*.jpg'")
+  folder = Path(spec).expanduser()
+  if folder.is_dir():
+    files = [f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+    where = f"folder {str(folder)!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})"
+  else:
+    files = [Path(f) for f in glob.glob(os.path.expanduser(spec), recursive=True) if Path(f).is_file()]
+    where = f"{spec!r} is neither a folder nor a glob that matches files"
+  if not files:
+    raise BatchError(f"config.photos: {where}")
+  files.sort(key=str)
+  by_stem: dict[str, list[str]] = {}
+  for f in files:
+    by_stem.setdefault(f.stem, []).append(str(f))
+  clashes = {s: fs for s, fs in by_stem.items() if len(fs) > 1}
+  if clashes:
+    raise BatchError("config.photos: each photo gets a folder named after it, but these share a name: "
+                     + "; ".join(" and ".join(fs) for fs in clashes.values()))
+  return files
+
+
+def parse_shard(shard: str, environ=None) -> tuple[int, int]:
+  """(index, count) of this process's share of the photos.
+
+  "i/n" as given; "" is this process's place in a multi-host JAX job (jax.process_index(), jax.process_count()),
+  or, in a single-process task of a SLURM job array (--array=0-7), the task's place in the array; else (0, 1).
+  """
+  if not shard:
+    if jax.process_count() > 1:
+      return jax.process_index(), jax.process_count()
+    env = os.environ if environ is None else environ
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+      if env.get("SLURM_ARRAY_TASK_STEP", "1") != "1":
+        raise BatchError("config.shard: this SLURM array has a step; give --config.shard=i/n explicitly")
+      index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+      return index, int(env["SLURM_ARRAY_TASK_COUNT"])
+    return 0, 1
+  m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(shard))
+  if not m or not int(m[1]) < int(m[2]):
+    raise BatchError(f"config.shard={shard!r}: expected 'i/n' with 0 <= i < n (e.g. '0/4'), or '' for "
+                     "(jax.process_index(), jax.process_count()) or the SLURM array task")
+  return int(m[1]), int(m[2])
+
+
+def shard_photos(photos: list[Path], index: int, count: int) -> list[Path]:
+  """Every count-th photo from the index-th: the shards partition the sorted list, whatever its order on disk."""
+  return list(photos[index::count])
+
+
+def photo_folder(out_dir, photo: Path) -> Path:
+  return Path(out_dir) / photo.stem
+
+
+def is_finished(folder: Path) -> bool:
+  return atomic.is_finished(folder)
+
+
+def failure_file(folder: Path) -> Path:
+  return atomic.failed_dir(folder) / FAILURE
+
+
+# ----------------------------------------------------------------------------------------------
+# Counting XLA compilations (the batch reports them per photo: after the first photo of a template size, 0).
+
+_compilations = [0]
+_listening = [False]
+
+
+def compilation_count() -> int:
+  """XLA backend compilations in this process since the first call."""
+  if not _listening[0]:
+    def on_event(event, duration_secs, **kwargs):
+      del duration_secs, kwargs
+      if event == "/jax/core/compile/backend_compile_duration":
+        _compilations[0] += 1
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    _listening[0] = True
+  return _compilations[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# The batch.
+
+
+@dataclasses.dataclass
+class BatchResult:
+  """What one run of a batch (one shard) did.
+
+  Attributes:
+    photos: the whole sorted photo list; shard: (index, count); mine: this shard's photos.
+    skipped: photos already finished before this run; finished: photos finished by this run.
+    failed: {photo: "Type: message"} of this run's failures.
+    compilations: {photo: XLA compilations while it ran} of this run's photos.
+  """
+
+  photos: list
+  shard: tuple
+  mine: list
+  skipped: list
+  finished: list
+  failed: dict
+  compilations: dict
+
+
+def photo_config(config, photo: Path, folder: Path):
+  """The single run's config for one photo of the batch (the batch-only fields stay, as a record)."""
+  c = copy.deepcopy(config)
+  c.photo = str(photo.absolute())  # config.json records it: the evaluation may run from another folder
+  c.out_dir = str(folder)
+  return c
+
+
+def run_batch(config, *, progress: bool = True, reference=None) -> BatchResult:
+  """Runs SplatShot on every unfinished photo of this shard; see the module docstring.
+
+  Args:
+    config: configs/batch.py (the SplatShot config plus photos, out_dir, shard).
+    progress: a tqdm bar over photos with each photo's step bar beneath it.
+    reference: the batch's default config (configs/batch.py), to report unknown keys in the per-photo check.
+  """
+  photos = list_photos(config.photos)
+  index, count = parse_shard(config.shard)
+  mine = shard_photos(photos, index, count)
+  out = Path(config.out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  skipped = [p for p in mine if is_finished(photo_folder(out, p))]
+  todo = [p for p in mine if p not in skipped]
+  print(f"batch: {len(photos)} photos, shard {index}/{count} has {len(mine)}: {len(skipped)} finished before, "
+        f"{len(todo)} to run -> {out}")
+  result = BatchResult(photos=photos, shard=(index, count), mine=mine, skipped=skipped, finished=[], failed={},
+                       compilations={})
+  if todo:
+    compilation_count()  # start listening before anything compiles
+    session = pipeline.load_session(config, progress=progress)
+    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+    bar = tqdm(todo, desc="photos", unit="photo", position=0, disable=not progress)
+    log = tqdm.write if progress else print
+    for photo in bar:
+      bar.set_postfix_str(photo.name)
+      folder = photo_folder(out, photo)
+      c = photo_config(config, photo, folder)
+      before, t0 = compilation_count(), time.time()
+      try:
+        image = pipeline.check_inputs(c, reference=reference)  # the single run's own checks, per photo
+        with atomic.run_folder(folder, job="batch") as part:  # renamed to folder, RUN.json complete, at the end
+          pipeline.run_photo(session, c, image, part, log=log)
+          outputs.write_json(part / INFO, {"photo": str(photo), "seconds": round(time.time() - t0, 1),
+                                           "compilations": compilation_count() - before})
+      except Exception as e:  # pylint: disable=broad-except  (one bad photo must not stop the batch)
+        error = f"{type(e).__name__}: {e}"
+        result.failed[str(photo)] = error
+        outputs.write_json(failure_file(folder), {"photo": str(photo), "type": type(e).__name__, "error": str(e),
+                                                  "traceback": traceback.format_exc(limit=8)})
+        log(f"{photo.name}: failed, {error}")
+        continue
+      finally:
+        result.compilations[str(photo)] = compilation_count() - before
+      shutil.rmtree(atomic.failed_dir(folder), ignore_errors=True)  # an earlier attempt's failure is history
+      result.finished.append(photo)
+    bar.close()
+  write_tables(out, photos)
+  return result
+
+
+# ----------------------------------------------------------------------------------------------
+# The tables, rebuilt from the photo folders.
+
+
+def _read_json(path: Path) -> dict:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    return {}
+
+
+def photo_row(out_dir, photo: Path) -> dict:
+  """The summary row of one photo, from its folder (status done / failed / pending)."""
+  folder = photo_folder(out_dir, photo)
+  row = dict.fromkeys(SUMMARY_FIELDS, "")
+  row.update(photo=str(photo), folder=folder.name)
+  if is_finished(folder):
+    marker, metrics = _read_json(folder / INFO), _read_json(folder / "metrics.json")
+    disc = metrics.get("discrepancy_per_step") or []
+    ids = [v for v in (metrics.get("identity_distance") or {}).values() if isinstance(v, (int, float))]
+    row.update(status="done", seconds=marker.get("seconds", ""), compilations=marker.get("compilations", ""),
+               template=(metrics.get("template_choice") or {}).get("template", ""),
+               final_discrepancy=f"{disc[-1]:.6g}" if disc else "",
+               identity_near_frontal=f"{np.mean(ids):.4f}" if ids else "")
+  elif failure_file(folder).is_file():
+    failure = _read_json(failure_file(folder))
+    row.update(status="failed", error=f"{failure.get('type', '')}: {failure.get('error', '')}")
+  else:
+    row["status"] = "pending"
+  return row
+
+
+def write_tables(out_dir, photos: list[Path]) -> list[dict]:
+  """Writes OUT/summary.csv and OUT/failures.json over the whole photo list; returns the rows."""
+  out = Path(out_dir)
+  rows = [photo_row(out, p) for p in photos]
+  with atomic_path(out / "summary.csv") as tmp:
+    with open(tmp, "w", newline="") as f:
+      writer = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
+      writer.writeheader()
+      writer.writerows(rows)
+  outputs.write_json(out / "failures.json", [{"photo": r["photo"], "folder": r["folder"], "error": r["error"]}
+                                             for r in rows if r["status"] == "failed"])
+  return rows

@@ -1,0 +1,196 @@
+"""The batch evaluation report: one HTML file, plots drawn as inline SVG (no plotting dependency).
+
+  write_report(OUT / "report.html", rows, evaluations, aggregate)     # called by evaluation.evaluate_batch
+
+Top: the aggregate table (mean, median, share under dlib's 0.6 same-person line) with the official SplatShot's
+median dlib distance (0.54 over 70 CelebA-HQ photos) beside ours. Then one row per photo: the photo, the frontal
+and two side views, the turntable GIF, its numbers, identity vs yaw and the per-step discrepancy. Images are
+relative paths into the photo folders (OUT/<photo>/evaluation/), so the report travels with OUT.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Sequence
+
+from splatshot_jax.evaluation import OFFICIAL_MEDIAN_DLIB, SAME_PERSON
+from splatshot_jax.io.atomic import atomic_path
+
+_STYLE = """
+body { font-family: sans-serif; margin: 16px; color: #222; }
+table { border-collapse: collapse; }
+td, th { border: 1px solid #ccc; padding: 4px 6px; vertical-align: top; font-size: 13px; }
+th { background: #f2f2f2; }
+.num td { text-align: right; }
+.num td:first-child { text-align: left; }
+.headline { font-size: 15px; background: #f7f7e8; padding: 8px; border: 1px solid #ddc; max-width: 980px; }
+.photo img { width: 112px; display: block; }
+.small td { border: none; padding: 0 6px 0 0; font-size: 12px; white-space: nowrap; }
+.bad { color: #b00; }
+.note { color: #555; font-size: 13px; max-width: 980px; }
+"""
+
+
+def _fmt(x, digits: int = 3) -> str:
+  if x is None or x == "":
+    return "–"
+  try:
+    return f"{float(x):.{digits}f}"
+  except (TypeError, ValueError):
+    return html.escape(str(x))
+
+
+def svg_plot(series: Sequence[dict], *, hlines: Sequence[dict] = (), xlabel: str = "", ylabel: str = "",
+             width: int = 280, height: int = 170, ylim: tuple[float, float] | None = None) -> str:
+  """A small line plot as an inline <svg>.
+
+  Args:
+    series: [{"x": [...], "y": [... or None], "label": str, "color": css, "dash": bool}]; None breaks the line
+      and is skipped (e.g. no face found at that yaw).
+    hlines: [{"y": float, "label": str, "color": css, "left": bool}] horizontal reference lines (label at the
+      right end, or the left one).
+    xlabel, ylabel: axis captions; ylim: (lo, hi), default the data range (with the hlines).
+  """
+  left, right, top, bottom = 40, 8, 8, 30
+  pts = [(x, y) for s in series for x, y in zip(s["x"], s["y"]) if y is not None and math.isfinite(y)]
+  ys = [p[1] for p in pts] + [h["y"] for h in hlines]
+  xs = [x for s in series for x in s["x"]] or [0.0, 1.0]
+  lo, hi = ylim if ylim is not None else ((min(ys), max(ys)) if ys else (0.0, 1.0))
+  if hi - lo < 1e-12:
+    lo, hi = lo - 0.5, hi + 0.5
+  x0, x1 = min(xs), max(xs)
+  if x1 - x0 < 1e-12:
+    x0, x1 = x0 - 0.5, x1 + 0.5
+  sx = lambda x: left + (x - x0) / (x1 - x0) * (width - left - right)
+  sy = lambda y: top + (hi - y) / (hi - lo) * (height - top - bottom)
+  out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+         f'viewBox="0 0 {width} {height}" style="background:#fff">',
+         f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
+         'fill="none" stroke="#999"/>']
+  for v, anchor in ((lo, "end"), (hi, "end")):
+    out.append(f'<text x="{left - 3}" y="{sy(v) + 4:.1f}" font-size="10" text-anchor="{anchor}">{v:.3g}</text>')
+  for v in (x0, x1):
+    out.append(f'<text x="{sx(v):.1f}" y="{height - bottom + 12}" font-size="10" text-anchor="middle">{v:.4g}</text>')
+  out.append(f'<text x="{(left + width - right) / 2:.1f}" y="{height - 4}" font-size="11" '
+             f'text-anchor="middle">{html.escape(xlabel)}</text>')
+  out.append(f'<text x="10" y="{(top + height - bottom) / 2:.1f}" font-size="11" text-anchor="middle" '
+             f'transform="rotate(-90 10 {(top + height - bottom) / 2:.1f})">{html.escape(ylabel)}</text>')
+  for h in hlines:
+    if lo <= h["y"] <= hi:
+      out.append(f'<line x1="{left}" x2="{width - right}" y1="{sy(h["y"]):.1f}" y2="{sy(h["y"]):.1f}" '
+                 f'stroke="{h.get("color", "#888")}" stroke-dasharray="4 3"/>')
+      lx, anchor = (left + 2, "start") if h.get("left") else (width - right - 2, "end")
+      out.append(f'<text x="{lx}" y="{sy(h["y"]) - 2:.1f}" font-size="9" text-anchor="{anchor}" '
+                 f'fill="{h.get("color", "#888")}">{html.escape(h.get("label", ""))}</text>')
+  legend_y = top + 11
+  for s in series:
+    color, dash = s.get("color", "#1f77b4"), ' stroke-dasharray="5 3"' if s.get("dash") else ""
+    segments, cur = [], []
+    for x, y in zip(s["x"], s["y"]):
+      if y is None or not math.isfinite(y):
+        if cur:
+          segments.append(cur)
+        cur = []
+      else:
+        cur.append(f"{sx(x):.1f},{sy(y):.1f}")
+    if cur:
+      segments.append(cur)
+    for seg in segments:
+      out.append(f'<polyline points="{" ".join(seg)}" fill="none" stroke="{color}" stroke-width="1.6"{dash}/>')
+      out.extend(f'<circle cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="2" fill="{color}"/>' for p in seg)
+    if s.get("label"):
+      out.append(f'<text x="{left + 4}" y="{legend_y}" font-size="10" fill="{color}">{html.escape(s["label"])}</text>')
+      legend_y += 11
+  out.append("</svg>")
+  return "".join(out)
+
+
+def _aggregate_html(table: Sequence[dict]) -> str:
+  head = "<tr><th>metric</th><th>n</th><th>mean</th><th>median</th><th>% under 0.6 (dlib same person)</th></tr>"
+  body = []
+  for e in table:
+    under = e.get("under_0.6")
+    body.append(f"<tr><td>{html.escape(e['metric'])}</td><td>{e['n']}</td><td>{_fmt(e['mean'])}</td>"
+                f"<td>{_fmt(e['median'])}</td><td>{'' if 'under_0.6' not in e else _fmt(None if under is None else 100 * under, 1)}</td></tr>")
+  body.append(f"<tr><td><b>official SplatShot, median dlib distance over 70 CelebA-HQ photos (published)</b></td>"
+              f"<td>70</td><td>–</td><td><b>{OFFICIAL_MEDIAN_DLIB:.2f}</b></td><td></td></tr>")
+  return f'<table class="num">{head}{"".join(body)}</table>'
+
+
+def _headline(table: Sequence[dict]) -> str:
+  """One sentence that puts our median dlib distance beside the official turntables' and the published 0.54."""
+  by_key = {e["key"]: e for e in table}
+  part = lambda key, what: (f"{what} <b>{_fmt(by_key[key]['median'], 3)}</b> (n = {by_key[key]['n']}, "
+                            f"{_fmt(100 * by_key[key]['under_0.6'], 0)}% under 0.6)" if by_key[key]["n"] else
+                            f"{what} – (none)")
+  return (f"<p class='headline'>Median dlib distance: {part('dlib_mean_near_frontal', 'ours')}; "
+          f"{part('official_dlib_median', 'official turntables of the same photos')}; published official "
+          f"SplatShot <b>{OFFICIAL_MEDIAN_DLIB:.2f}</b> (70 CelebA-HQ photos). Lower is better.</p>")
+
+
+def _image(src: str, alt: str, width: int = 112) -> str:
+  return f'<img src="{html.escape(src)}" alt="{html.escape(alt)}" width="{width}">'
+
+
+def _photo_row(row: dict, ev: dict | None, out_dir: Path) -> str:
+  name = html.escape(Path(row["photo"]).name)
+  if ev is None:
+    return (f'<tr><td>{name}</td><td colspan="8" class="bad">{html.escape(row["status"])}: '
+            f'{html.escape(row.get("error", ""))}</td></tr>')
+  folder = row["folder"]
+  cells = []
+  for f, alt in (("photo.jpg", "photo"), ("frontal.png", "frontal"), ("side_left.png", "side (left)"),
+                 ("side_right.png", "side (right)"), ("turntable.gif", "turntable")):
+    rel = f"{folder}/evaluation/{f}"
+    cells.append(f'<td class="photo">{_image(rel, alt) if (out_dir / rel).is_file() else "–"}<br>{alt}</td>')
+  numbers = [("dlib |yaw| ≤ 30", row["dlib_mean_near_frontal"]), ("dlib yaw 0", row["dlib_frontal"]),
+             ("faces |yaw| ≤ 30", row["faces_found_near_frontal"]),
+             ("dlib official", row["official_dlib_median"]), ("ArcFace |yaw| ≤ 30", row["arcface_mean_near_frontal"]),
+             ("ArcFace official", row["official_arcface_mean"]), ("PSNR (dB)", row["psnr"]), ("SSIM", row["ssim"]),
+             ("reproj. depth", row["reproj_depth_rel"]), ("reproj. L1", row["reproj_views_l1"]),
+             ("discrepancy", row["final_discrepancy"])]
+  num_html = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v)) if v != '' else '–'}</td></tr>"
+                     for k, v in numbers)
+  ident = ev.get("identity", {})
+  series = []
+  if ident.get("dlib"):
+    series.append({"x": ident["yaws"], "y": ident["dlib"], "label": "ours (dlib)", "color": "#1f77b4"})
+  hlines = [{"y": SAME_PERSON, "label": "0.6 same person", "color": "#b00"}]
+  off = ev.get("official") or {}
+  if off.get("dlib_median") is not None:
+    hlines.append({"y": off["dlib_median"], "label": "official turntable", "color": "#2a2", "left": True})
+  found = [y for y in (ident.get("dlib") or []) if y is not None]
+  yaw_plot = svg_plot(series, hlines=hlines, xlabel="yaw (deg)", ylabel="dlib distance", width=250,
+                      ylim=(0.0, max([1.0] + found))) if series else \
+      html.escape(ident.get("skipped", "no identity"))
+  disc = ev.get("discrepancy_per_step") or []
+  disc_plot = svg_plot([{"x": list(range(len(disc))), "y": disc, "color": "#d62728"}], xlabel="step", width=220,
+                       ylabel="discrepancy L") if disc else "–"
+  return (f"<tr><td>{name}</td>{''.join(cells)}<td><table class='small'>{num_html}</table></td>"
+          f"<td>{yaw_plot}</td><td>{disc_plot}</td></tr>")
+
+
+def write_report(path, rows: Sequence[dict], evaluations: dict, table: Sequence[dict]) -> Path:
+  """Writes the report (see the module docstring); `rows` as in evaluation.csv, `evaluations` by folder name."""
+  path = Path(path)
+  done = sum(r["status"] == "done" for r in rows)
+  parts = [
+      "<!DOCTYPE html><html><head><meta charset='utf-8'><title>SplatShot evaluation</title>",
+      f"<style>{_STYLE}</style></head><body>",
+      f"<h1>SplatShot evaluation</h1><p class='note'>{done} of {len(rows)} photos evaluated. Identity: dlib "
+      "distance between the photo and the avatar rendered on a yaw sweep in the template's rig frame (lower is "
+      f"more alike; dlib calls &lt; {SAME_PERSON} the same person); the official turntable videos get the same "
+      "metric frame by frame. Consistency: PSNR/SSIM of the final diffusion views against the avatar's renders of "
+      "the same cameras, and the reprojection error of each view warped into its nearest neighbour with the "
+      "avatar's depth (where both alphas are high).</p>",
+      "<h2>Aggregate</h2>", _headline(table), _aggregate_html(table),
+      "<h2>Per photo</h2><table><tr><th>photo</th><th>input</th><th>frontal</th><th>side</th><th>side</th>"
+      "<th>turntable</th><th>numbers</th><th>identity vs yaw</th><th>discrepancy per step</th></tr>",
+  ]
+  parts += [_photo_row(r, evaluations.get(r["folder"]), path.parent) for r in rows]
+  parts.append("</table></body></html>")
+  with atomic_path(path) as tmp:
+    Path(tmp).write_text("\n".join(parts), encoding="utf-8")
+  return path
