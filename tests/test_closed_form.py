@@ -126,10 +126,10 @@ def test_early_termination_on_a_stack_of_identical_layers(renderer):
   rng = np.random.default_rng(0)
   colors = rng.uniform(0, 1, (n, 3))
   depths = 2.0 + 0.1 * np.arange(n)
-  g = _gaussians(np.stack([np.zeros(n), np.zeros(n), depths], -1), np.full(n, 50.0), np.full(n, o), colors,
-                 dtype=jnp.float64)
   bg = np.array([0.2, 0.4, 0.6])
   with jax.enable_x64(True):
+    g = _gaussians(np.stack([np.zeros(n), np.zeros(n), depths], -1), np.full(n, 50.0), np.full(n, o), colors,
+                   dtype=jnp.float64)
     cam = _camera(jnp.float64)
     if renderer == "tile":
       out = render(g, cam, background=tuple(bg), chunk=4)  # the stop falls in the 4th chunk
