@@ -111,7 +111,7 @@ def test_alpha_below_1_over_255_contributes_nothing():
   np.testing.assert_array_equal(np.asarray(out.alpha)[faint], 0.0)
   np.testing.assert_allclose(np.asarray(out.alpha)[~faint], raw[~faint], rtol=1e-5)
   # Just under the threshold even at its centre: no pixel changes.
-  out = render(_on_axis(0.5, 0.98 / 255, col), _camera(), background=tuple(bg))
+  out = render(_on_axis(0.5, 0.998 / 255, col), _camera(), background=tuple(bg))
   assert np.all(np.asarray(out.alpha) == 0.0) and int(out.radii[0]) == 0
   # Just over it at its centre: that pixel is touched.
   out = render(_on_axis(0.5, 1.05 / 255, col), _camera(), background=tuple(bg))
