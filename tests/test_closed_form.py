@@ -96,26 +96,39 @@ def test_opaque_gaussian_alpha_is_clamped_to_099_with_zero_gradient(renderer):
     np.testing.assert_allclose(float(grad1.means[0, 0]), a1 / sig2 * F / Z, rtol=1e-9)
 
 
-def test_alpha_below_1_over_255_contributes_nothing():
-  """Pixels where o·G < 1/255 get exactly the background; a Gaussian with o < 1/255 is culled entirely."""
+@pytest.mark.parametrize("renderer", ["tile", "dense"])
+def test_alpha_below_1_over_255_contributes_nothing(renderer):
+  """Pixels where o·G < 1/255 get exactly the background; a Gaussian with o < 1/255 is culled entirely.
+
+  Both renderers: the tile one also cuts at its radius (derived from 255 separately), the dense one only by α.
+  """
   s, o = 0.05, 0.6
   sig2 = (F * s / Z) ** 2 + 0.3
   col = np.array([0.9, 0.1, 0.4])
   bg = np.array([0.25, 0.5, 0.75])
-  out = render(_on_axis(s, o, col), _camera(), background=tuple(bg))
+
+  def draw(g):
+    if renderer == "tile":
+      out = render(g, _camera(), background=tuple(bg))
+      return np.asarray(out.rgb, np.float64), np.asarray(out.alpha)
+    out = render_dense(g, _camera(), background=tuple(bg))
+    return np.asarray(out["rgb"], np.float64), np.asarray(out["alpha"])
+
+  rgb, alpha = draw(_on_axis(s, o, col))
   raw = o * np.exp(-0.5 * np.sum(_offsets() ** 2, -1) / sig2)
   faint = raw < 1 / 255
   assert faint.any() and (~faint).sum() > 4
-  rgb = np.asarray(out.rgb, np.float64)
   np.testing.assert_array_equal(rgb[faint], np.broadcast_to(bg.astype(np.float32), rgb[faint].shape))
-  np.testing.assert_array_equal(np.asarray(out.alpha)[faint], 0.0)
-  np.testing.assert_allclose(np.asarray(out.alpha)[~faint], raw[~faint], rtol=1e-5)
+  np.testing.assert_array_equal(alpha[faint], 0.0)
+  np.testing.assert_allclose(alpha[~faint], raw[~faint], rtol=1e-5)
   # Just under the threshold even at its centre: no pixel changes.
-  out = render(_on_axis(0.5, 0.998 / 255, col), _camera(), background=tuple(bg))
-  assert np.all(np.asarray(out.alpha) == 0.0) and int(out.radii[0]) == 0
+  rgb, alpha = draw(_on_axis(0.5, 0.998 / 255, col))
+  assert np.all(alpha == 0.0)
+  if renderer == "tile":
+    assert int(render(_on_axis(0.5, 0.998 / 255, col), _camera()).radii[0]) == 0
   # Just over it at its centre: that pixel is touched.
-  out = render(_on_axis(0.5, 1.05 / 255, col), _camera(), background=tuple(bg))
-  assert float(out.alpha[PY, PX]) == pytest.approx(1.05 / 255, rel=1e-3)
+  rgb, alpha = draw(_on_axis(0.5, 1.05 / 255, col))
+  assert float(alpha[PY, PX]) == pytest.approx(1.05 / 255, rel=1e-3)
 
 
 @pytest.mark.parametrize("renderer", ["tile", "dense"])
