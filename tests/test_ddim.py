@@ -77,6 +77,7 @@ def test_trajectory_matches_diffusers(prediction_type, n, strength):
     z_ref = ref.step(torch.from_numpy(out), int(t), z_ref, eta=0.0).prev_sample
     z = step(sched, jnp.asarray(out), jnp.int32(t), z)
   err = np.abs(np.asarray(z) - z_ref.numpy()).max() / np.abs(z_ref.numpy()).max()
+  # Measured 2026-12-01 over the 12 cases: 1.4e-7-4.7e-7 (add_noise max abs 2.4e-7): 1e-6 is ~2x, kept.
   assert err < 1e-6, err
 
 
