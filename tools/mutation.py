@@ -134,6 +134,7 @@ MUTATIONS = [
       why="dense reference without early stop"),
     M("M26", "splatshot_jax/render/rasterize.py", "rgb = image[..., 0:3] + T_final[..., None] * bg",
       "rgb = image[..., 0:3] + bg", f"{CF}::test_alpha_below_1_over_255_contributes_nothing",
+      f"{CF}::test_early_termination_on_a_stack_of_identical_layers",
       why="background not weighted by T"),
     M("M27", "splatshot_jax/render/tiles.py", "hi = jnp.clip(jnp.floor((center + r) / tile_size) + 1, 0, n)",
       "hi = jnp.clip(jnp.floor((center + r) / tile_size), 0, n)",
