@@ -265,6 +265,11 @@ MUTATIONS = [
     M("M69", "splatshot_jax/io/ply.py", 'log_scales=jnp.asarray(col([f"scale_{i}" for i in range(3)])),',
       'log_scales=jnp.asarray(np.log(col([f"scale_{i}" for i in range(3)]))),',
       f"{FS}::test_read_gaussians_from_an_independent_writer", why="scale read as linear"),
+    M("M71", FIT, "name: optax.set_to_zero() if name in cfg.frozen else optax.adam(lr, eps=1e-15)",
+      "name: optax.adam(lr, eps=1e-15)", f"{FI}::test_frozen_group_gets_no_update_and_others_keep_their_lr",
+      why="frozen groups still optimised"),
+    M("M72", P, "radius_f = jnp.ceil(jnp.sqrt(log_term * lam_max))", "radius_f = jnp.round(jnp.sqrt(log_term * lam_max))",
+      f"{GS}::test_round_opaque_radius_equals_gsplat", why="radius rounded, not ceiled"),
 ]
 
 
