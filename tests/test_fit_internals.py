@@ -87,9 +87,10 @@ def test_means_lr_exponential_schedule():
 
 
 def _tiny_scene(rng, n=12):
+  z = 3 + rng.normal(size=n) * 0.2
+  z[:2] = -1.0  # two behind the camera: never visible, no gradient
   g = Gaussians(
-      means=jnp.asarray(np.stack([rng.normal(size=n) * 0.3, rng.normal(size=n) * 0.3, 3 + rng.normal(size=n) * 0.2],
-                                 -1), jnp.float32),
+      means=jnp.asarray(np.stack([rng.normal(size=n) * 0.3, rng.normal(size=n) * 0.3, z], -1), jnp.float32),
       log_scales=jnp.asarray(rng.uniform(-2.5, -1.5, (n, 3)), jnp.float32),
       quats=jnp.asarray(rng.normal(size=(n, 4)), jnp.float32),
       opacity_logits=jnp.asarray(rng.normal(size=n), jnp.float32),
@@ -121,6 +122,7 @@ def test_fit_applies_per_group_lr_and_accumulates_the_densification_statistic():
   stat, vis = fit_lib._screen_grad_norm(grads.means, g, cams[0])
   np.testing.assert_allclose(np.asarray(res.grad2d_sum), np.where(vis, stat, 0), rtol=1e-4, atol=1e-12)
   np.testing.assert_array_equal(np.asarray(res.visible_count), np.asarray(vis, np.float32))
+  assert not bool(vis[:2].any()) and bool(vis[2:].all())
 
 
 @pytest.mark.parametrize("yaw", [0.0, 0.5])

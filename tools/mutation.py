@@ -207,6 +207,7 @@ MUTATIONS = [
       "t_start = max(n - init_timestep - 1, 0)", f"{DD}::test_paper_setting_timesteps", why="img2img start"),
     M("M51", "splatshot_jax/diffusion/ddim.py", "return jnp.where(t >= 0, ac, schedule.final_alpha_cumprod)",
       "return jnp.where(t > 0, ac, schedule.final_alpha_cumprod)", f"{DD}::test_trajectory_matches_diffusers",
+      f"{DD}::test_alpha_bar_at_t0_with_set_alpha_to_one",
       why="t = 0 treated as final"),
     # --- denoiser layers (guarded by the VAE parity test: GroupNorm, ResNet, attention, down/upsampling) ---
     M("M52", "splatshot_jax/diffusion/layers.py", "eps: float = 1e-6", "eps: float = 1e-5",
