@@ -113,7 +113,7 @@ def test_alpha_below_1_over_255_contributes_nothing(renderer):
     if renderer == "tile":
       out = render(g, _camera(), background=tuple(bg))
       return np.asarray(out.rgb, np.float64), np.asarray(out.alpha)
-    out = render_dense(g, _camera(), background=tuple(bg))
+    out = jax.jit(lambda g: render_dense(g, _camera(), background=tuple(bg)))(g)
     return np.asarray(out["rgb"], np.float64), np.asarray(out["alpha"])
 
   rgb, alpha = draw(_on_axis(s, o, col))
@@ -152,7 +152,7 @@ def test_early_termination_on_a_stack_of_identical_layers(renderer):
       out = render(g, cam, background=tuple(bg), chunk=4)  # the stop falls in the 4th chunk
       rgb, alpha = np.asarray(out.rgb), np.asarray(out.alpha)
     else:
-      out = render_dense(g, cam, background=tuple(bg))
+      out = jax.jit(lambda g: render_dense(g, cam, background=tuple(bg)))(g)
       rgb, alpha = np.asarray(out["rgb"]), np.asarray(out["alpha"])
   m = math.floor(math.log(1e-4) / math.log(1 - o))
   assert m == 13
