@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-RTOL = 1e-4  # fp32 parity bound on the relative L2 error ‖ours − ref‖ / ‖ref‖
+# fp32 parity bound on the relative L2 error ‖ours − ref‖ / ‖ref‖ (UNet, ControlNet, IP-Adapter; CLIP and the VAE
+# set tighter ones). Measured 2026-12-01 on CPU: UNet 8.5e-7-2.1e-6, ControlNet residuals <= 1.1e-6, IP-Adapter
+# resampler <= 3.0e-6 (plus, diffusers names). 3e-5 is ~10x the worst (was 1e-4).
+RTOL = 3e-5
 
 
 def randomize_(model, gen) -> None:

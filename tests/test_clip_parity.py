@@ -17,6 +17,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from parity import assert_close  # noqa: E402
+
+# Measured 2026-12-01 (CPU fp32, text and vision towers, all parametrizations): rel L2 1.2e-7-2.1e-7. Bound ~20x.
+CLIP_RTOL = 4e-6
 from splatshot_jax.diffusion import clip  # noqa: E402
 from splatshot_jax.diffusion import tokenizer as tok_lib  # noqa: E402
 
@@ -71,11 +74,11 @@ def test_text_encoder_parity(tmp_path, layout, hidden_act, eos):
   with torch.no_grad():
     r = ref(torch.as_tensor(ids), output_hidden_states=True)
   o = model.apply({"params": params}, jnp.asarray(ids, jnp.int32), output_hidden_states=True)
-  assert_close(o.last_hidden_state, r.last_hidden_state, "last_hidden_state", seed)
-  assert_close(o.pooler_output, r.pooler_output, "pooler_output", seed)
+  assert_close(o.last_hidden_state, r.last_hidden_state, "last_hidden_state", seed, rtol=CLIP_RTOL)
+  assert_close(o.pooler_output, r.pooler_output, "pooler_output", seed, rtol=CLIP_RTOL)
   assert len(o.hidden_states) == len(r.hidden_states)
   for i, (a, b) in enumerate(zip(o.hidden_states, r.hidden_states)):
-    assert_close(a, b, f"hidden_states[{i}]", seed)
+    assert_close(a, b, f"hidden_states[{i}]", seed, rtol=CLIP_RTOL)
 
 
 def test_text_encoder_padding_mask(tmp_path):
@@ -94,7 +97,7 @@ def test_text_encoder_padding_mask(tmp_path):
   with torch.no_grad():
     r = ref(torch.as_tensor(ids), attention_mask=torch.as_tensor(mask))
   o = model.apply({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask))
-  assert_close(o.last_hidden_state, r.last_hidden_state, "masked last_hidden_state", seed)
+  assert_close(o.last_hidden_state, r.last_hidden_state, "masked last_hidden_state", seed, rtol=CLIP_RTOL)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,11 +120,11 @@ def test_vision_encoder_parity(tmp_path, hidden_act):
   with torch.no_grad():
     r = ref(torch.as_tensor(x), output_hidden_states=True)
   o = model.apply({"params": params}, jnp.asarray(x.transpose(0, 2, 3, 1)), output_hidden_states=True)
-  assert_close(o.image_embeds, r.image_embeds, "image_embeds", seed)
-  assert_close(o.last_hidden_state, r.last_hidden_state, "last_hidden_state", seed)
+  assert_close(o.image_embeds, r.image_embeds, "image_embeds", seed, rtol=CLIP_RTOL)
+  assert_close(o.last_hidden_state, r.last_hidden_state, "last_hidden_state", seed, rtol=CLIP_RTOL)
   assert len(o.hidden_states) == len(r.hidden_states) == VISION_CFG["num_hidden_layers"] + 1
   for i, (a, b) in enumerate(zip(o.hidden_states, r.hidden_states)):
-    assert_close(a, b, f"hidden_states[{i}]", seed)
+    assert_close(a, b, f"hidden_states[{i}]", seed, rtol=CLIP_RTOL)
 
 
 def test_vision_config_from_full_clip_config():

@@ -5,8 +5,8 @@ real layouts (tests/tiny_sd.py; the IP-Adapter is an official-layout .bin loaded
 Same VAE posterior draw and the same initial noise (the pipeline's torch generator, replayed), so any
 difference is arithmetic: float32 summation order (torch vs XLA convolutions, attention, GroupNorm) through a
 UNet + 2 ControlNets called 20 times and a VAE. Each op contributes ~1e-7 relative; the observed end-to-end error
-is ~1e-6..1e-5, so a 1e-3 bound on the decoded image (relative to its range) leaves room for platform variation
-yet catches any real mismatch (a wrong scale, key, token order or timestep moves it by >1e-2).
+is ~1e-6 (measured 2026-12-01: 1.0e-6 images, 1.4e-6 latents), so a 3e-5 bound (relative L2) leaves ~20x room
+and catches any real mismatch (a wrong scale, key, token order or timestep moves it by >1e-2).
 """
 
 import numpy as np
@@ -127,7 +127,9 @@ def test_final_latents_and_images_match(reference, ours):
   lat_err = _rel(ours["latents"], reference["latents"])
   img_err = _rel(ours["images"], reference["images"])
   print(f"pipeline parity: latents rel err {lat_err:.2e}, images rel err {img_err:.2e}")
-  assert lat_err < 1e-3, lat_err
-  assert img_err < 1e-3, img_err
+  # Measured 2026-12-01 (CPU): latents 1.4e-6, images 1.0e-6; bound 3e-5 (~20x; was 1e-3). Conditioning above:
+  # measured 3.7e-7-1.7e-6 against its 1e-5 bound.
+  assert lat_err < 3e-5, lat_err
+  assert img_err < 3e-5, img_err
   # The result is not trivial: the conditioning moved the sample away from the init image.
   assert np.abs(reference["images"]).max() > 0.05

@@ -97,7 +97,9 @@ def test_forward_matches_dense_float64():
         for key in ("rgb", "alpha", "depth", "features"):
           err = float(np.max(np.abs(np.asarray(getattr(out, key)[v], np.float64)
                                     - np.asarray(ref[key]))))
-          tol = 1e-4 * (3.0 if key == "depth" else 1.0)  # depth is in units of z ≈ 3
+          # Measured 2026-12-01 (5 seeds x 3 scenes x 2 views): worst rgb max abs error 7.3e-7-2.4e-6.
+          # Bound 2e-5 (~8x the worst; was 1e-4); depth is in units of z ≈ 3.
+          tol = 2e-5 * (3.0 if key == "depth" else 1.0)
           assert err <= tol, f"seed {seed}: {key} max abs err {err:.3g} > {tol}"
           if key == "rgb":
             worst = max(worst, err)
@@ -131,7 +133,10 @@ PARAMS = ("means", "log_scales", "quats", "opacity_logits", "sh")
 
 
 def test_gradients_match_dense():
-  """Custom VJP (float32) vs autodiff of the dense renderer (float64): ‖a−b‖/‖b‖ ≤ 1e-3 each."""
+  """Custom VJP (float32) vs autodiff of the dense renderer (float64): ‖a−b‖/‖b‖ ≤ 2e-5 each.
+
+  Measured 2026-12-01 (5 seeds): 5e-7-1.8e-6 (quats the largest); the bound was 1e-3.
+  """
   seed = _seed()
   rng = np.random.default_rng(seed)
   g = _scene(rng)
@@ -149,7 +154,7 @@ def test_gradients_match_dense():
   errs["features"] = _rel(grad_t[1], grad_d[1])
   print(f"seed {seed}: relative gradient errors " + ", ".join(f"{k}={v:.2g}" for k, v in errs.items()))
   for name, err in errs.items():
-    assert err <= 1e-3, f"seed {seed}: ‖∂{name} tile − dense‖/‖dense‖ = {err:.3g} > 1e-3"
+    assert err <= 2e-5, f"seed {seed}: ‖∂{name} tile − dense‖/‖dense‖ = {err:.3g} > 2e-5"
   # Gaussians behind the camera must get exactly zero gradient.
   proj_valid = np.asarray(project_gaussians(_as(g, jnp.float32), _cam(vms[0], Ks[0], jnp.float32))
                           .valid)
@@ -185,7 +190,9 @@ def test_finite_differences_float64():
           return f(g.replace(**{p: new}), feats)
         fd = float((shifted(eps) - shifted(-eps)) / (2 * eps))
         an = float((grads[1] if p == "features" else getattr(grads[0], p))[idx])
-        assert abs(fd - an) <= 1e-4 * max(1.0, abs(fd)), (
+        # Measured 2026-12-01 (3 seeds x 18 coordinates): ≤ 1.2e-8 (opacity logits; others ≤ 8e-9). Bound 2e-7
+        # (~17x; was 1e-4).
+        assert abs(fd - an) <= 2e-7 * max(1.0, abs(fd)), (
             f"seed {seed}: ∂L/∂{p}{list(idx)} analytic {an:.8g} vs finite difference {fd:.8g}")
 
 
@@ -254,10 +261,12 @@ def test_transmittance_early_stop():
       used += 1
   assert 8 < used < n, f"seed {seed}: stop after {used} layers does not exercise a later chunk"
   err = float(np.max(np.abs(np.asarray(out.rgb, np.float64) - np.asarray(ref["rgb"]))))
-  assert err <= 1e-4, f"seed {seed}: rgb vs dense max abs err {err:.3g}"
+  # Measured 2026-12-01 (3 seeds): rgb 2.1e-7, centre pixel vs the sequential loop 6.7e-8, ∂sh 3.2e-7 (relative);
+  # bounds ~20x those (were 1e-4, 1e-4, 1e-3).
+  assert err <= 4e-6, f"seed {seed}: rgb vs dense max abs err {err:.3g}"
   pix = np.asarray(out.rgb[H // 2, W // 2], np.float64)
   expect = color + T * np.asarray(BG)
-  assert np.max(np.abs(pix - expect)) <= 1e-4, f"seed {seed}: {pix} vs sequential {expect}"
+  assert np.max(np.abs(pix - expect)) <= 1.5e-6, f"seed {seed}: {pix} vs sequential {expect}"
   assert float(np.min(1 - np.asarray(out.alpha))) >= 1e-4 * (1 - 1e-3), f"seed {seed}"
 
   w = rng.normal(size=(H, W, 3))
@@ -273,4 +282,4 @@ def test_transmittance_early_stop():
     grad_d = jax.grad(lambda sh: jnp.sum(render_dense(g64.replace(sh=sh), cam64,
                                                       background=BG)["rgb"] * w))(g64.sh)
   err = _rel(grad_t, grad_d)
-  assert err <= 1e-3, f"seed {seed}: ‖∂sh tile − dense‖/‖dense‖ = {err:.3g}"
+  assert err <= 6e-6, f"seed {seed}: ‖∂sh tile − dense‖/‖dense‖ = {err:.3g}"
