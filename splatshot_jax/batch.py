@@ -34,7 +34,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from splatshot_jax import errors, outputs, pipeline
+from splatshot_jax import errors, outputs, pipeline, preflight
 from splatshot_jax.io import atomic
 from splatshot_jax.io.atomic import atomic_path
 
@@ -179,6 +179,8 @@ def run_batch(config, *, progress: bool = True, reference=None) -> BatchResult:
     progress: a tqdm bar over photos with each photo's step bar beneath it.
     reference: the batch's default config (configs/batch.py), to report unknown keys in the per-photo check.
   """
+  # Everything but the photos' own checks, before any model is built; then each photo is checked in its turn.
+  errors.raise_if_problems(preflight.check_batch(config, reference), "cannot start the batch")
   photos = list_photos(config.photos)
   index, count = parse_shard(config.shard)
   mine = shard_photos(photos, index, count)

@@ -385,12 +385,13 @@ def check_data(field: str, path: str) -> list[Problem]:
 # One check per job.
 
 
-def check_splatshot(config, reference=None) -> list[Problem]:
+def check_splatshot(config, reference=None, *, per_run: bool = True) -> list[Problem]:
   """Every problem of a splatshot config (configs/splatshot_sd15.py layout), weights to out_dir.
 
   Args:
     config: the job's ConfigDict.
     reference: the job's default config; when given, keys it lacks are reported (typos in a config file).
+    per_run: also check config.photo and config.out_dir (a batch checks those per photo, `check_batch`).
   """
   from splatshot_jax import pipeline  # pylint: disable=import-outside-toplevel
   problems = check_keys(config, reference) if reference is not None else []
@@ -432,7 +433,8 @@ def check_splatshot(config, reference=None) -> list[Problem]:
     if scales is not None and len(scales) != len(config.sd.controlnets):
       problems.append(Problem("config.sd.controlnet_scales", f"{len(scales)} scales for "
                               f"{len(config.sd.controlnets)} config.sd.controlnets; expected one per ControlNet"))
-    problems += check_photo(config.photo)
+    if per_run:
+      problems += check_photo(config.photo)
   if not any(p.field.startswith("config.synthetic") for p in problems):
     found, counts = check_template(config)
     problems += found
@@ -445,8 +447,28 @@ def check_splatshot(config, reference=None) -> list[Problem]:
       v2.problems = [Problem(p.field, p.message + f" (the template{'s have' if len(counts) > 1 else ' has'} "
                                       f"{min(counts)} views)") for p in v2.problems]
     problems += v2.problems
-  problems += check_out_dir(config.out_dir, bool(config.get("overwrite", False)))
+  if per_run:
+    problems += check_out_dir(config.out_dir, bool(config.get("overwrite", False)))
   return problems
+
+
+def check_batch(config, reference=None) -> list[Problem]:
+  """Every problem of a batch config (configs/batch.py) that can be seen before the first photo runs.
+
+  The photo list and the shard, and the single run's checks of weights, template and values. Each photo's own
+  checks (a readable file with one usable face, its folder) run when its turn comes: a bad photo is a recorded
+  failure of the batch, not a reason to refuse the others. OUT itself must be a folder that can be created.
+  """
+  from splatshot_jax import batch  # pylint: disable=import-outside-toplevel  (batch imports the pipeline)
+  problems = []
+  for step in (lambda: batch.list_photos(config.photos), lambda: batch.parse_shard(config.shard)):
+    try:
+      step()
+    except batch.BatchError as e:
+      problems += e.problems
+  problems += check_splatshot(config, reference, per_run=False)
+  # overwrite=True: OUT holds the per-photo run folders, it is not a run folder itself.
+  return problems + check_out_dir(config.out_dir, overwrite=True)
 
 
 def check_build_template(config, reference=None) -> list[Problem]:
@@ -506,6 +528,7 @@ CHECKS: dict[str, Callable[..., list[Problem]]] = {
     "splatshot": check_splatshot,
     "build_template": check_build_template,
     "fit_multiview": check_fit_multiview,
+    "batch": check_batch,
 }
 
 

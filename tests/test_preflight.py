@@ -504,3 +504,21 @@ def test_official_333_views_with_a_point_cloud_load_as_a_template(tmp_path):
 def test_backend_choices_are_the_renderers():
   from splatshot_jax.render import composite_triton  # pylint: disable=import-outside-toplevel
   assert preflight.RENDER_BACKENDS == composite_triton.BACKENDS
+
+
+def test_batch_reports_its_problems_before_any_work(tmp_path, template_dir, nothing_runs, capsys):
+  """The batch's preflight: a bad shard, a missing weights folder and a bad value are listed together, and the
+  photos' faces are left to each photo's turn (a photo without a face is a recorded failure, not a refusal)."""
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  (photos / "a.png").write_bytes(b"not checked before the photo's turn")
+  code, err = _main(capsys, "--config=configs/batch.py", f"--config.photos={photos}", "--config.shard=3/2",
+                    f"--config.weights={tmp_path / 'no-weights'}", f"--config.template={template_dir}",
+                    "--config.sampler.strength=2", f"--config.out_dir={tmp_path / 'out'}")
+  assert code == 2, err
+  for field in ("config.shard", "config.sd.base", "config.sampler.strength"):
+    assert field in err, (field, err)
+  assert "config.photo:" not in err and not (tmp_path / "out").exists()
+  code, err = _main(capsys, "--config=configs/batch.py", f"--config.photos={tmp_path / 'none' / '*.jpg'}",
+                    "--config.weights=random-tiny", f"--config.out_dir={photos / 'a.png'}")
+  assert code == 2 and "config.photos" in err and "config.out_dir" in err, err
