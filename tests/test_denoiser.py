@@ -120,6 +120,9 @@ def _vae_decode(prior, z):
   return vae_lib.decode_latents(prior.vae, prior.params["vae"], z)
 
 
+_DECODE = jax.jit(lambda p, z: p.decode(z))  # the prior's decode (chunked, remat, custom VJP), shared
+
+
 def _plain(prior, z):
   return jnp.clip(_vae_decode(prior, z) / 2 + 0.5, 0, 1)
 
@@ -129,7 +132,7 @@ def test_remat_decode_equals_vae_decode(prior):
   ref = _vae_decode(prior, z)
   ours = jax.jit(denoiser.remat_decode, static_argnums=(0, 3))(prior.spec.vae, prior.params["vae"], z, jnp.float32)
   np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(jax.jit(prior.decode)(z), jnp.clip(ref / 2 + 0.5, 0, 1), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(_DECODE(prior, z), jnp.clip(ref / 2 + 0.5, 0, 1), rtol=1e-5, atol=1e-5)
 
 
 def test_decode_vjp_and_custom_vjp_match_autodiff(prior):
@@ -139,7 +142,7 @@ def test_decode_vjp_and_custom_vjp_match_autodiff(prior):
   # Reference: plain autodiff through the plain decoder.
   ref = jax.jit(lambda z, g: jax.vjp(lambda z: _plain(prior, z), z)[1](g)[0])(z, g)
   np.testing.assert_allclose(jax.jit(prior.decode_vjp)(z, g), ref, rtol=1e-4, atol=1e-6)
-  images, pb2 = jax.vjp(jax.jit(prior.decode), z)
+  images, pb2 = jax.vjp(lambda z: _DECODE(prior, z), z)
   np.testing.assert_allclose(pb2(g)[0], ref, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(images, _plain(prior, z), rtol=1e-5, atol=1e-6)
   # Through jit and grad of a scalar loss too.
@@ -149,7 +152,7 @@ def test_decode_vjp_and_custom_vjp_match_autodiff(prior):
 
 def test_encode_mean_and_sample(prior):
   imgs = jax.random.uniform(jax.random.PRNGKey(10), (3, 8, 8, 3))
-  d = vae_lib.encode_latents(prior.vae, prior.params["vae"], 2 * imgs - 1)
+  d = jax.jit(lambda p, x: vae_lib.encode_latents(p.vae, p.params["vae"], x))(prior, 2 * imgs - 1)
   np.testing.assert_allclose(prior.encode(imgs), d, rtol=1e-5, atol=1e-6)
   noise = jax.random.normal(jax.random.PRNGKey(11), d.shape)
   mom = prior.encode_moments(imgs)
