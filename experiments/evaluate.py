@@ -7,10 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from splatshot_jax import evaluation
+from configs import evaluate as evaluate_config
+from splatshot_jax import errors, evaluation, preflight
 
 
 def run(config) -> dict:
+  # All of the config's problems at once, before any avatar is loaded or rendered.
+  errors.raise_if_problems(preflight.check_evaluate(config, reference=evaluate_config.get_config()),
+                           "cannot start the evaluation")
   result = evaluation.evaluate(config)
   target = Path(config.target)
   if "rows" in result:

@@ -471,6 +471,30 @@ def check_batch(config, reference=None) -> list[Problem]:
   return problems + check_out_dir(config.out_dir, overwrite=True)
 
 
+def check_evaluate(config, reference=None) -> list[Problem]:
+  """Every problem of an evaluate config (configs/evaluate.py) before anything is rendered."""
+  problems = check_keys(config, reference) if reference is not None else []
+  v = _Values(config)
+  v.custom("yaws", lambda x: len(x) > 0 and all(isinstance(y, (int, float)) and -180 <= y <= 180 for y in x),
+           "a non-empty list of yaw angles in degrees within [-180, 180]")
+  v.number("max_yaw", lo=0)
+  v.number("side_yaw", -180, 180)
+  v.int("video_stride", lo=1)
+  v.number("alpha_threshold", 0, 1)
+  v.int("render_chunk", lo=1)
+  v.int("thumbnail", lo=16)
+  problems += v.problems
+  if not config.target:
+    problems.append(Problem("config.target", "is empty: give an avatar folder (one run) or a batch folder"))
+  elif not Path(config.target).expanduser().is_dir():
+    problems.append(Problem("config.target", "no folder there (expected an avatar folder or a batch folder)",
+                            str(Path(config.target).expanduser())))
+  if config.arcface and not Path(config.arcface).expanduser().is_file():
+    problems.append(Problem("config.arcface", "no ONNX file there (insightface's recognition model, e.g. "
+                                              "w600k_r50.onnx)", str(Path(config.arcface).expanduser())))
+  return problems
+
+
 def check_build_template(config, reference=None) -> list[Problem]:
   """Every problem of a build_template config (configs/build_template.py layout)."""
   problems = check_keys(config, reference) if reference is not None else []
@@ -529,6 +553,7 @@ CHECKS: dict[str, Callable[..., list[Problem]]] = {
     "build_template": check_build_template,
     "fit_multiview": check_fit_multiview,
     "batch": check_batch,
+    "evaluate": check_evaluate,
 }
 
 

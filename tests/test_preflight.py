@@ -522,3 +522,12 @@ def test_batch_reports_its_problems_before_any_work(tmp_path, template_dir, noth
   code, err = _main(capsys, "--config=configs/batch.py", f"--config.photos={tmp_path / 'none' / '*.jpg'}",
                     "--config.weights=random-tiny", f"--config.out_dir={photos / 'a.png'}")
   assert code == 2 and "config.photos" in err and "config.out_dir" in err, err
+
+
+def test_evaluate_reports_its_problems_at_once(tmp_path, capsys):
+  code, err = _main(capsys, "--config=configs/evaluate.py", f"--config.target={tmp_path / 'nothing'}",
+                    f"--config.arcface={tmp_path / 'w600k_r50.onnx'}", "--config.video_stride=0",
+                    "--config.alpha_threshold=1.5")
+  assert code == 2, err
+  for field in ("config.target", "config.arcface", "config.video_stride", "config.alpha_threshold"):
+    assert field in err, (field, err)
