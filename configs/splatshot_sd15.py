@@ -15,6 +15,7 @@ import ml_collections
 def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.job = "splatshot"
+  config.compilation_cache = "auto"  # persistent XLA cache (splatshot_jax/compile_cache.py); "" = off
   config.seed = 42
 
   # Inputs. A template is a folder of view_NNN.npz (padded render, control maps, viewmat, K) + its Gaussians.

@@ -3,6 +3,7 @@
 Each config names its job (`config.job`); the job's module in `experiments/` exposes `run(config)`.
 With no --config, the default config is the README's install check. Each job module can also be run
 directly (`python -m experiments.build_template --config=...`); its default config is its own.
+Both set up the persistent compilation cache first (`config.compilation_cache`, `splatshot_jax.compile_cache`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import sys
 from absl import app
 from ml_collections import config_flags
 
+from splatshot_jax import compile_cache
+
 DEFAULT_CONFIG = "configs/splatshot_sd15.py:smoke"
 
 JOBS = {
@@ -20,6 +23,7 @@ JOBS = {
     "splatshot": "experiments.splatshot",
     "build_template": "experiments.build_template",
     "feedback_ablation": "experiments.feedback_ablation",
+    "refit_batching": "experiments.refit_batching",
 }
 
 
@@ -33,6 +37,8 @@ def launch(default_config: str = DEFAULT_CONFIG) -> None:
     job = config.get("job")
     if job not in JOBS:
       sys.exit(f"config field 'job' is {job!r}; expected one of {sorted(JOBS)}")
+    # Every job, before its first compile: reuse what earlier runs compiled ("" turns it off).
+    compile_cache.setup(config.get("compilation_cache", "auto"))
     importlib.import_module(JOBS[job]).run(config)
 
   app.run(main)
