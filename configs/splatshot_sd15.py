@@ -73,6 +73,13 @@ def get_config(arg=None):
   config.refit.lr_sh0 = 2.5e-3
   config.refit.lr_shN = 2.5e-3 / 20
   config.refit.background = (0.0, 0.0, 0.0)  # official: black
+  config.refit.views_per_iter = 1  # B views per refit iteration (paper: 1); see configs/refit_batching.py
+  config.refit.lr_batch_scaling = "none"  # "sqrt": every refit LR x sqrt(B) (gsplat)
+  config.refit.equal_views_seen = False  # refit lengths / B, so a run sees as many views as with B = 1
+
+  # Devices: the views axis of a jax.sharding.Mesh (splatshot_jax/sharding.py); -1 = all local devices.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.views = -1
 
   # config.template = "synthetic": the project's own head (install check; no data needed).
   config.synthetic = ml_collections.ConfigDict()

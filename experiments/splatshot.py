@@ -13,7 +13,8 @@ import time
 
 import jax
 
-from splatshot_jax import guidance, outputs, pipeline, sampler
+from splatshot_jax import fit as fit_lib
+from splatshot_jax import guidance, outputs, pipeline, sampler, sharding
 from splatshot_jax.render import RenderOverflowError, check_overflow, render_views
 
 
@@ -34,7 +35,13 @@ def run(config) -> dict:
   prior, conditioner = pipeline.load_prior(config)
   cond_photo, cond_template = pipeline.make_conditions(config, prior, conditioner, template, photo)
   cfg = sampler.sampler_config(config)
-  scene = guidance.gaussian_scene(background=tuple(config.refit.background))
+  # Views over devices (config.mesh.views; None on one device) and the refit's settings (config.refit).
+  mesh = sharding.make_mesh(config.mesh.views) if "mesh" in config else None
+  sharding.check_divisible(num_views, mesh, f"template {template.name}")
+  refit = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in config.refit.items()}
+  scene = guidance.gaussian_scene(fit_lib.FitConfig(**refit, mesh=mesh), background=tuple(config.refit.background))
+  prior = sharding.shard_prior(prior, mesh)
+  cond_photo, cond_template = sharding.put_views(cond_photo, mesh), sharding.put_views(cond_template, mesh)
   schedule = getattr(prior, "schedule", None)
 
   t_setup = time.time()
