@@ -14,6 +14,7 @@ import ml_collections
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.job = "build_template"
+  config.compilation_cache = "auto"  # persistent XLA cache (splatshot_jax/compile_cache.py); "" = off
   config.data = ""  # a multiview folder (SplatShot npz / transforms.json / COLMAP); '' = synthetic head
   config.gaussians = ""  # a fitted 3DGS .ply (e.g. an earlier run's fit.ply): skip the fit
   config.name = ""  # template name; '' = the data folder's name

@@ -13,6 +13,7 @@ import ml_collections
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.job = "fit_multiview"
+  config.compilation_cache = "auto"  # persistent XLA cache (splatshot_jax/compile_cache.py); "" = off
   config.data = ""  # a multiview folder (SplatShot npz / transforms.json / COLMAP); '' = synthetic
   config.scale = 0.5  # image resolution factor (the target is at half resolution)
   config.holdout = (8,)  # held-out view indices (NeRSemble camera 8 is the frontal, val view)

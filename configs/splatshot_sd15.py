@@ -15,6 +15,7 @@ import ml_collections
 def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.job = "splatshot"
+  config.compilation_cache = "auto"  # persistent XLA cache (splatshot_jax/compile_cache.py); "" = off
   config.seed = 42
 
   # Inputs. A template is a folder of view_NNN.npz (padded render, control maps, viewmat, K) + its Gaussians.
@@ -76,6 +77,13 @@ def get_config(arg=None):
   # Rasterizer compositor of the refit and renders: "auto" (Triton kernels on a CUDA GPU when
   # jax-triton imports, XLA otherwise), "xla", "triton" (render/composite_triton.py).
   config.refit.backend = "auto"
+  config.refit.views_per_iter = 1  # B views per refit iteration (paper: 1); see configs/refit_batching.py
+  config.refit.lr_batch_scaling = "none"  # "sqrt": every refit LR x sqrt(B) (gsplat)
+  config.refit.equal_views_seen = False  # refit lengths / B, so a run sees as many views as with B = 1
+
+  # Devices: the views axis of a jax.sharding.Mesh (splatshot_jax/sharding.py); -1 = all local devices.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.views = -1
 
   # config.template = "synthetic": the project's own head (install check; no data needed).
   config.synthetic = ml_collections.ConfigDict()

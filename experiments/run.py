@@ -3,6 +3,7 @@
 Each config names its job (`config.job`); the job's module in `experiments/` exposes `run(config)`.
 With no --config, the default config is the README's install check. Each job module can also be run
 directly (`python -m experiments.build_template --config=...`); its default config is its own.
+Both set up the persistent compilation cache first (`config.compilation_cache`, `splatshot_jax.compile_cache`).
 
 Mistakes in the inputs (an unknown config key, a bad value, a missing or broken file) are printed as
 one message listing every problem, exit code 2; `--debug` (or SPLATSHOT_DEBUG=1) adds the traceback.
@@ -21,7 +22,7 @@ from absl import flags
 from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as config_flags_impl
 
-from splatshot_jax import errors
+from splatshot_jax import compile_cache, errors
 from splatshot_jax.errors import Problem
 
 DEFAULT_CONFIG = "configs/splatshot_sd15.py:smoke"
@@ -33,6 +34,7 @@ JOBS = {
     "feedback_ablation": "experiments.feedback_ablation",
     "batch": "experiments.batch",
     "evaluate": "experiments.evaluate",
+    "refit_batching": "experiments.refit_batching",
 }
 
 _CONFIG_ARG = re.compile(r"^--?config(=|$)")
@@ -96,8 +98,13 @@ def _debug_wanted(argv: list[str]) -> tuple[bool, list[str]]:
   return debug, rest
 
 
-def main(argv: list[str] | None = None, default_config: str = DEFAULT_CONFIG) -> int:
-  """Runs the job the config names; returns the exit code (0, or 2 for a user error)."""
+def main(argv: list[str] | None = None, default_config: str = DEFAULT_CONFIG, *, compilation_cache: bool = False
+         ) -> int:
+  """Runs the job the config names; returns the exit code (0, or 2 for a user error).
+
+  compilation_cache: set up the persistent cache the config names (the command line does; an in-process caller
+  such as a test keeps its own JAX settings).
+  """
   debug, argv = _debug_wanted(list(sys.argv if argv is None else argv))
   try:
     config = parse_config(argv, default_config)
@@ -105,6 +112,8 @@ def main(argv: list[str] | None = None, default_config: str = DEFAULT_CONFIG) ->
     if job not in JOBS:
       raise errors.UserInputError([Problem("config.job", f"is {job!r}; expected one of {sorted(JOBS)}")],
                                   "unknown job")
+    if compilation_cache:  # every job, before its first compile: reuse what earlier runs compiled ("" = off)
+      compile_cache.setup(config.get("compilation_cache", "auto"))
     importlib.import_module(JOBS[job]).run(config)
   except errors.user_error_types() as e:
     if debug:
@@ -119,7 +128,7 @@ def main(argv: list[str] | None = None, default_config: str = DEFAULT_CONFIG) ->
 
 def launch(default_config: str = DEFAULT_CONFIG) -> None:
   """Parses sys.argv (--config, default `default_config`) and runs the job the config names."""
-  sys.exit(main(sys.argv, default_config))
+  sys.exit(main(sys.argv, default_config, compilation_cache=True))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from splatshot_jax import metrics
+from splatshot_jax import metrics, sharding
 from splatshot_jax.cameras import Camera
 from splatshot_jax.gaussians import Gaussians
 from splatshot_jax.render import render
@@ -54,8 +54,16 @@ class FitConfig:
   lr_shN: float = 2.5e-3 / 20
   scene_scale: float = 1.0  # means' LR is multiplied by this, as in gsplat
   lambda_dssim: float = 0.2
-  # Views per iteration; drawn with probability ∝ view weight when weights are given.
+  # Views per iteration, B: B distinct views drawn with probability ∝ view weight (without replacement when
+  # B > 1), rendered in one call, their weighted losses summed, one Adam step.
   views_per_iter: int = 1
+  # Learning rates for B > 1: "none" (as for B = 1) or "sqrt" (every group's LR × √B, gsplat's batch rule).
+  lr_batch_scaling: str = "none"
+  # Divide the iteration count by B (rounded up), so a batched fit sees as many views as an unbatched one.
+  equal_views_seen: bool = False
+  # A jax.sharding.Mesh with a "views" axis (`splatshot_jax.sharding`): an iteration's B views are split across
+  # its devices and their gradients summed. None or B not divisible by its size: one device.
+  mesh: object = None
   frozen: tuple[str, ...] = ()  # names from PARAM_GROUPS kept fixed
   background: tuple[float, float, float] = (0.0, 0.0, 0.0)
   sh_degree: int | None = None  # None: all the SH the Gaussians carry
@@ -113,20 +121,44 @@ def _join_params(p: dict[str, jax.Array]) -> Gaussians:
   )
 
 
+LR_BATCH_SCALINGS = ("none", "sqrt")
+
+
+def lr_batch_scale(cfg: FitConfig) -> float:
+  """The factor every group's learning rate is multiplied by for cfg.views_per_iter views per iteration."""
+  if cfg.lr_batch_scaling not in LR_BATCH_SCALINGS:
+    raise ValueError(f"FitConfig.lr_batch_scaling={cfg.lr_batch_scaling!r}; expected one of {LR_BATCH_SCALINGS}")
+  if cfg.views_per_iter < 1:
+    raise ValueError(f"FitConfig.views_per_iter={cfg.views_per_iter}; expected an int >= 1")
+  return float(np.sqrt(cfg.views_per_iter)) if cfg.lr_batch_scaling == "sqrt" else 1.0
+
+
+def num_iterations(cfg: FitConfig, num_iters):
+  """Iterations a fit of `num_iters` runs: ceil(num_iters / B) with cfg.equal_views_seen, else num_iters.
+
+  num_iters may be a Python int (static fit) or a traced int32 (`fit_steps`)."""
+  if not cfg.equal_views_seen or cfg.views_per_iter == 1:
+    return num_iters
+  return (num_iters + cfg.views_per_iter - 1) // cfg.views_per_iter
+
+
 def make_optimizer(cfg: FitConfig) -> optax.GradientTransformation:
-  """Adam per parameter group; eps 1e-15 as in 3DGS (gradients are tiny), frozen groups get zero."""
-  means_lr = cfg.lr_means * cfg.scene_scale
+  """Adam per parameter group; eps 1e-15 as in 3DGS (gradients are tiny), frozen groups get zero.
+
+  Every LR is multiplied by `lr_batch_scale(cfg)` (1 unless lr_batch_scaling is "sqrt" and B > 1)."""
+  scale = lr_batch_scale(cfg)
+  means_lr = cfg.lr_means * cfg.scene_scale * scale
   if cfg.means_lr_final != 1.0:
     # optax counts the group's own updates, which carry across densification chunks.
     means_lr = optax.exponential_decay(means_lr, transition_steps=cfg.schedule_iters or cfg.num_iters,
                                        decay_rate=cfg.means_lr_final)
   lrs = {
       "means": means_lr,
-      "scales": cfg.lr_scales,
-      "quats": cfg.lr_quats,
-      "opacities": cfg.lr_opacities,
-      "sh0": cfg.lr_sh0,
-      "shN": cfg.lr_shN,
+      "scales": cfg.lr_scales * scale,
+      "quats": cfg.lr_quats * scale,
+      "opacities": cfg.lr_opacities * scale,
+      "sh0": cfg.lr_sh0 * scale,
+      "shN": cfg.lr_shN * scale,
   }
   unknown = set(cfg.frozen) - set(PARAM_GROUPS)
   if unknown:
@@ -208,7 +240,67 @@ def fit(
   Returns:
     FitResult (its opt_state continues the optimisation).
   """
+  step, init = _fit_iteration(gaussians, cameras, images, cfg, view_weights, opt_state)
+  n_iters = num_iterations(cfg, cfg.num_iters)
+  keys = jax.random.split(rng, n_iters)
+  (params, opt_state, grad2d_sum, visible_count, overflow), losses = jax.lax.scan(
+      step, init, (start_iter + jnp.arange(n_iters), keys)
+  )
+  return FitResult(_join_params(params), losses, overflow, grad2d_sum, visible_count, opt_state)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def fit_steps(
+    gaussians: Gaussians,
+    cameras: Camera,
+    images: jax.Array,
+    cfg: FitConfig,
+    num_iters: jax.Array | int,
+    *,
+    view_weights: jax.Array | None = None,
+    rng: jax.Array,
+    start_iter: jax.Array | int = 0,
+    opt_state: optax.OptState | None = None,
+) -> FitResult:
+  """`fit` with a traced iteration count (cfg.num_iters is ignored): one compile for every length.
+
+  A `lax.fori_loop` with a dynamic trip count (never differentiated), so the refit inside the SplatShot step
+  compiles once whatever the per-step schedule (1000 iterations at the first step, 500 later). Same iterations
+  and draws as `fit` with num_iters: iteration i uses fold_in(rng, i), which is split(rng, n)[i] under JAX's
+  default (partitionable) threefry.
+
+  Args:
+    num_iters: () int32, may be traced; `num_iterations(cfg, num_iters)` iterations run.
+    (the rest as `fit`)
+  Returns:
+    FitResult whose `losses` is (1,): the last iteration's loss (0 when no iteration ran).
+  """
+  step, init = _fit_iteration(gaussians, cameras, images, cfg, view_weights, opt_state)
+  start_iter = jnp.asarray(start_iter, jnp.int32)
+
+  def body(i, carry):
+    carry, loss = step(carry[:-1], (start_iter + i, jax.random.fold_in(rng, i)))
+    return carry + (loss,)
+
+  n_iters = jnp.asarray(num_iterations(cfg, jnp.asarray(num_iters, jnp.int32)), jnp.int32)
+  params, opt_state, grad2d_sum, visible_count, overflow, loss = jax.lax.fori_loop(
+      0, n_iters, body, init + (jnp.zeros((), jnp.float32),))
+  return FitResult(_join_params(params), loss[None], overflow, grad2d_sum, visible_count, opt_state)
+
+
+def draw_views(key: jax.Array, probs: jax.Array, num: int) -> jax.Array:
+  """(num,) int32 view indices drawn ∝ probs (V,): num = 1 one draw (the fit as it always was); num > 1 distinct
+  views (Gumbel top-k on the log probabilities: sampling without replacement, zero-probability views last)."""
+  return jax.random.choice(key, probs.shape[0], (num,), p=probs, replace=num == 1)
+
+
+def _fit_iteration(gaussians, cameras, images, cfg, view_weights, opt_state):
+  """One Adam iteration of a fit as (step, init): step((params, opt_state, grad2d_sum, visible_count, overflow),
+  (global iteration, key)) -> (carry, loss ()), for `lax.scan` (`fit`) or `lax.fori_loop` (`fit_steps`)."""
   num_views = images.shape[0]
+  if not 1 <= cfg.views_per_iter <= num_views:
+    raise ValueError(f"FitConfig.views_per_iter={cfg.views_per_iter}: expected 1..{num_views} (the number of "
+                     "views; an iteration draws distinct views)")
   if view_weights is None:
     view_weights = jnp.ones((num_views,), jnp.float32)
   probs = view_weights / jnp.sum(view_weights)
@@ -219,19 +311,25 @@ def fit(
     opt_state = optimizer.init(params)
   max_degree = gaussians.sh_degree if cfg.sh_degree is None else cfg.sh_degree
 
-  def loss_fn(p, idx, degree):
+  def per_view(p, idx, degree, cams, imgs):
     g = _join_params(p)
     # Views one after another (lax.map), not vmap: with one view per iteration the vmapped version
     # (batched view index inside the rasterizer's loops) measured 2.6x slower per iteration on CPU.
-    losses, overflow = jax.lax.map(
-        lambda i: view_loss(g, cameras[i], images[i], cfg, sh_degree=degree), idx
-    )
-    return jnp.mean(losses * loss_scale[idx]), jnp.max(overflow)
+    return jax.lax.map(lambda i: view_loss(g, cams[i], imgs[i], cfg, sh_degree=degree), idx)
+
+  mesh = cfg.mesh if cfg.mesh is not None and cfg.views_per_iter % cfg.mesh.size == 0 else None
+  # Each device renders its share of the B drawn views; differentiating sums the parameters' gradients.
+  per_view = sharding.over_views(per_view, mesh, (False, True, False, False, False))
+
+  def loss_fn(p, idx, degree):
+    losses, overflow = per_view(p, idx, degree, cameras, images)
+    # Summed over the B views (B = 1: that view's loss), so the step's gradient is the sum of the views'.
+    return jnp.sum(losses * loss_scale[idx]), jnp.max(overflow)
 
   def step(carry, it_key):
     p, state, grad2d_sum, visible_count, overflow = carry
     it, key = it_key
-    idx = jax.random.choice(key, num_views, (cfg.views_per_iter,), p=probs)
+    idx = draw_views(key, probs, cfg.views_per_iter)
     degree = max_degree
     if cfg.sh_degree_interval > 0:
       degree = jnp.minimum(it // cfg.sh_degree_interval, max_degree)
@@ -244,11 +342,7 @@ def fit(
 
   n = gaussians.num
   init = (params, opt_state, jnp.zeros((n,)), jnp.zeros((n,)), jnp.zeros((), jnp.int32))
-  keys = jax.random.split(rng, cfg.num_iters)
-  (params, opt_state, grad2d_sum, visible_count, overflow), losses = jax.lax.scan(
-      step, init, (start_iter + jnp.arange(cfg.num_iters), keys)
-  )
-  return FitResult(_join_params(params), losses, overflow, grad2d_sum, visible_count, opt_state)
+  return step, init
 
 
 # ----------------------------------------------------------------------------------------------

@@ -71,7 +71,8 @@ class Scene3D:
 
   Attributes:
     render: (model, cameras) -> (V, H, W, 3) float32 images of the model from each camera.
-    refit: (model, cameras, images (V, H, W, 3), view_weights (V,), rng, num_iters: static int) -> model.
+    refit: (model, cameras, images (V, H, W, 3), view_weights (V,), rng, num_iters: () int32, traced) -> model.
+      The count is a traced loop bound (never differentiated), so the step compiles once for every length.
     photometric_loss: (pred (H, W, 3), target (H, W, 3)) -> () loss; default 0.8 L1 + 0.2 (1 - SSIM).
   """
 
@@ -223,7 +224,7 @@ def _one_round(state, t, prior, schedule, cameras, cond_photo, cond_template, sc
   return z_prev, predict_x0(schedule, state.z, eps, t), model, rng, aux
 
 
-@functools.partial(jax.jit, static_argnames=("scene", "cfg", "refit_iters"))
+@functools.partial(jax.jit, static_argnames=("scene", "cfg"))
 def splatshot_step(
     state: SplatShotState,
     t: jax.Array,
@@ -235,7 +236,7 @@ def splatshot_step(
     cond_template: Pytree = None,
     scene: Scene3D | None = None,
     cfg: GuidanceConfig = GuidanceConfig(),
-    refit_iters: int | None = None,
+    refit_iters: jax.Array | int | None = None,
 ) -> tuple[SplatShotState, StepAux]:
   """One SplatShot denoising step for all V views: z_t -> z_{t'} (t' = t - T/n), plus the refit model.
 
@@ -249,8 +250,9 @@ def splatshot_step(
     cond_template: prior conditioning with the base template (needed when cfg.sdi).
     scene: static `Scene3D` (render + refit); needed when cfg.feedback.
     cfg: static GuidanceConfig.
-    refit_iters: static refit length of this step; None: cfg.refit_iters. The sampler passes
-      cfg.refit_iters_first at the first step (the refit starts from the base template there).
+    refit_iters: () int32 refit length of this step, traced (one compile for every length); None:
+      cfg.refit_iters. The sampler passes cfg.refit_iters_first at the first step (the refit starts from the
+      base template there).
   Returns:
     (next state, StepAux of this step).
   """
@@ -260,6 +262,7 @@ def splatshot_step(
     raise ValueError("splatshot_step: cfg.sdi needs cond_template (the template's conditioning)")
   if refit_iters is None:
     refit_iters = cfg.refit_iters
+  refit_iters = jnp.asarray(refit_iters, jnp.int32)
   alpha, sigma = ddim.alpha_sigma(schedule, t)
   for r in range(cfg.self_recurrence):  # static, default 1: unrolled
     z_prev, x0, model, rng, aux = _one_round(
@@ -270,7 +273,7 @@ def splatshot_step(
       rng, key = jax.random.split(rng)
       z = alpha * x0 + sigma * jax.random.normal(key, x0.shape, x0.dtype)
       state = state.replace(z=z, model=model, rng=rng)
-      refit_iters = cfg.refit_iters
+      refit_iters = jnp.asarray(cfg.refit_iters, jnp.int32)
   return state.replace(z=z_prev, model=model, rng=rng), aux
 
 
@@ -279,11 +282,12 @@ def splatshot_step(
 
 
 def gaussian_scene(fit_cfg=None, *, background=(0.0, 0.0, 0.0), render_kwargs=()) -> Scene3D:
-  """Scene3D of 3D Gaussians: `render_views` for the renders, `fit.fit` (one view per iteration drawn with
-  probability proportional to its confidence, loss scaled by it) for the refit. Black background as official.
+  """Scene3D of 3D Gaussians: `render_views` for the renders, `fit.fit_steps` (one view per iteration drawn with
+  probability proportional to its confidence, loss scaled by it; fit_cfg.views_per_iter for more) for the refit,
+  its length a traced loop bound. Black background as official.
 
   Args:
-    fit_cfg: a `fit.FitConfig` (its num_iters is replaced per step); None: the official refit settings
+    fit_cfg: a `fit.FitConfig` (its num_iters is ignored: the step gives the length); None: the official settings
       (per-group Adam learning rates, eps 1e-15, all groups trainable, no densification).
     background: (3,) RGB of the renders (official: black).
     render_kwargs: ((name, value), ...) static rasterizer settings (pair_budget, tile_capacity, ...).
@@ -302,5 +306,5 @@ def _render_gaussians(gaussians, cameras, *, background, render_kwargs):
 
 
 def _refit_gaussians(gaussians, cameras, images, view_weights, rng, num_iters, *, fit_cfg):
-  cfg = dataclasses.replace(fit_cfg, num_iters=num_iters)
-  return fit_lib.fit(gaussians, cameras, images, cfg, view_weights=view_weights, rng=rng).gaussians
+  return fit_lib.fit_steps(gaussians, cameras, images, fit_cfg, num_iters, view_weights=view_weights,
+                           rng=rng).gaussians

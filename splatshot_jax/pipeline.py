@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from splatshot_jax import cameras as cam_lib
-from splatshot_jax import errors, guidance, outputs, sampler, templates
+from splatshot_jax import errors, guidance, outputs, sampler, sharding, templates
+from splatshot_jax import fit as fit_lib
 from splatshot_jax.diffusion import denoiser, loading, presets
 from splatshot_jax.io import images as image_io
 from splatshot_jax.io.images import to_uint8
@@ -256,6 +257,7 @@ class Session:
     scene: guidance.Scene3D (render + refit), a static argument of the jitted step.
     sampler_cfg: sampler.SamplerConfig.
     schedule: the prior's DDIM schedule (None: the sampler's default).
+    mesh: the jax.sharding.Mesh the views are split over (None: one device).
   """
 
   prior: object
@@ -264,30 +266,44 @@ class Session:
   scene: object
   sampler_cfg: object
   schedule: object
+  mesh: object = None
 
 
 @functools.lru_cache(maxsize=None)
-def _scene(background: tuple, backend: str = "auto") -> guidance.Scene3D:
-  # One per (background, compositor) in a process: the jitted step is keyed on the scene, so sessions share its
-  # compilations.
-  return guidance.gaussian_scene(background=background, render_kwargs=(("backend", backend),))
+def _scene(fit_cfg, background: tuple, backend: str) -> guidance.Scene3D:
+  # One per (refit settings, background, compositor) in a process: the jitted step is keyed on the scene, so
+  # sessions share its compilations.
+  return guidance.gaussian_scene(fit_cfg, background=background, render_kwargs=(("backend", backend),))
+
+
+def _mesh(config):
+  """The views mesh config.mesh.views names (None on one device); a bad count is the user's error."""
+  try:
+    return sharding.make_mesh(config.mesh.views) if "mesh" in config else None
+  except ValueError as e:
+    raise errors.UserInputError([errors.Problem("config.mesh.views", str(e))], "cannot split the views") from e
 
 
 def load_session(config, *, progress: bool = True) -> Session:
   """Loads the prior and the templates and builds the step's static arguments (`progress`: the step bar).
 
   The weights are checked before the templates are read and the templates before the prior is built, so a
-  batch reports missing inputs before any long work.
+  batch reports missing inputs before any long work. With several devices (config.mesh.views) the prior's views
+  are split over them, and so are the refit's views per iteration.
   """
   if config.weights != RANDOM_TINY:
     resolve_weights(config.sd, config.weights)
+  mesh = _mesh(config)
   candidates = load_template_candidates(config)
   prior, conditioner = load_prior(config)
   cfg = dataclasses.replace(sampler.sampler_config(config), progress=progress)
-  return Session(prior=prior, conditioner=conditioner, candidates=candidates,
-                 scene=_scene(tuple(float(b) for b in config.refit.background), config.refit.get("backend", "auto")),
-                 sampler_cfg=cfg,
-                 schedule=getattr(prior, "schedule", None))
+  # The refit's settings are config.refit (a fit.FitConfig; its num_iters comes from the step).
+  refit = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in config.refit.items()}
+  background = tuple(float(b) for b in config.refit.background)
+  refit["background"] = background
+  scene = _scene(fit_lib.FitConfig(**refit, mesh=mesh), background, config.refit.get("backend", "auto"))
+  return Session(prior=sharding.shard_prior(prior, mesh), conditioner=conditioner, candidates=candidates,
+                 scene=scene, sampler_cfg=cfg, schedule=getattr(prior, "schedule", None), mesh=mesh)
 
 
 def run_photo(session: Session, config, photo: np.ndarray | None, out_dir, *, log=print) -> dict:
@@ -296,7 +312,13 @@ def run_photo(session: Session, config, photo: np.ndarray | None, out_dir, *, lo
   template, choice = load_base_template(config, photo, session.candidates)
   num_views, height, width = template.renders.shape[:3]
   log(f"template {template.name}: {num_views} views of {width}x{height}, {template.gaussians.num} Gaussians")
+  try:
+    sharding.check_divisible(num_views, session.mesh, f"template {template.name}")
+  except ValueError as e:
+    raise errors.UserInputError([errors.Problem("config.mesh.views", str(e))], "cannot split the views") from e
   cond_photo, cond_template = make_conditions(config, session.prior, session.conditioner, template, photo)
+  cond_photo, cond_template = sharding.put_views(cond_photo, session.mesh), sharding.put_views(cond_template,
+                                                                                               session.mesh)
   t_setup = time.time()
   try:
     result = sampler.run_splatshot(session.prior, template, cond_photo, session.sampler_cfg,

@@ -33,6 +33,7 @@ DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 SYNTHETIC_RIGS = ("own", "paper48")
 BUILD_RIGS = ("own", "paper48", "auto")
 DETECTORS = ("hog", "cnn")
+LR_BATCH_SCALINGS = ("none", "sqrt")  # fit.FitConfig.lr_batch_scaling
 RENDER_BACKENDS = ("auto", "xla", "triton", "triton_interpret")  # render/composite_triton.BACKENDS
 SYNTHETIC_VIEWS = 16  # synthetic.head_rig's cameras; "paper48" adds 2 interpolated per real one
 
@@ -417,6 +418,11 @@ def check_splatshot(config, reference=None, *, per_run: bool = True) -> list[Pro
     v.number(f"refit.{k}", lo=0)
   v.rgb("refit.background")
   v.choice("refit.backend", RENDER_BACKENDS)
+  v.int("refit.views_per_iter", lo=1)
+  v.choice("refit.lr_batch_scaling", LR_BATCH_SCALINGS)
+  v.boolean("refit.equal_views_seen")
+  v.custom("mesh.views", lambda x: isinstance(x, int) and not isinstance(x, bool) and (x == -1 or x >= 1),
+           "-1 (all local devices) or a device count >= 1")
   v.int("outputs.turntable_frames", lo=0)
   v.number("outputs.turntable_fps", lo=0, open_lo=True)
   v.boolean("overwrite")

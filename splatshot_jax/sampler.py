@@ -3,8 +3,9 @@
   result = run_splatshot(prior, template, photo_cond, cfg, rng, scene=gaussian_scene(), template_cond=...)
   write_outputs(result, out_dir, ...)        # avatar.ply, base.ply, views, turntable, x0 grid, json
 
-The loop over timesteps is a short Python loop (one jitted `splatshot_step` per timestep; two compilations: the
-first step refits longer) so that progress can be shown and per-step x0 images kept on the host.
+The loop over timesteps is a short Python loop (one jitted `splatshot_step` per timestep, compiled once: the
+refit length, longer at the first step, is a traced argument) so that progress can be shown and per-step x0 images
+kept on the host.
 """
 
 from __future__ import annotations
@@ -210,7 +211,7 @@ def run_splatshot(
     state, aux = guidance.splatshot_step(
         state, jnp.int32(t), prior=prior, schedule=schedule, cameras=template.cameras, cond_photo=photo_cond,
         cond_template=template_cond, scene=scene, cfg=gcfg,
-        refit_iters=gcfg.refit_iters_first if i == 0 else gcfg.refit_iters)
+        refit_iters=jnp.int32(gcfg.refit_iters_first if i == 0 else gcfg.refit_iters))
     x0, rendered = np.asarray(aux.x0_images, np.float32), np.asarray(aux.renders, np.float32)
     losses.append(float(aux.discrepancy))
     shifts.append(float(aux.eps_correction))

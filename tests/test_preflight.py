@@ -225,6 +225,8 @@ CASES = {
     "steps_zero": lambda tmp, tpl: (["--config.sampler.num_inference_steps=0"],
                                     ["config.sampler.num_inference_steps", ">= 1"]),
     "unknown_backend": lambda tmp, tpl: (["--config.refit.backend=cuda"], ["config.refit.backend", "'triton'"]),
+    "unknown_lr_scaling": lambda tmp, tpl: (["--config.refit.lr_batch_scaling=linear"],
+                                            ["config.refit.lr_batch_scaling", "'sqrt'"]),
     "unknown_start": lambda tmp, tpl: (["--config.sampler.start=dif"], ["config.sampler.start", "'diffusers'"]),
     "unknown_key": lambda tmp, tpl: (["--config.sampler.stregth=0.3"],
                                      ["config.sampler.stregth", "did you mean config.sampler.strength",
