@@ -77,17 +77,19 @@ def _scene(rng, vm, n=48, degree=3):
   for _ in range(4):
     log_scales[i] = np.log(rng.permutation([3e-4, 3e-4, 0.3]))
     i += 1
-  # Screen-filling: σ far larger than the view.
+  opacity_logits = rng.normal(size=n) * 1.5 + 0.5
+  # Screen-filling: σ far larger than the view, and opaque enough (o > 0.9) to cover every pixel whatever the draw.
   for _ in range(2):
     log_scales[i] = np.log([3.0, 3.0, 3.0]) + rng.normal(size=3) * 0.1
     cam_pts[i, 2] = 4.0 + rng.uniform(0, 1)
+    opacity_logits[i] = 2.5 + rng.uniform(0, 1)
     i += 1
   cam_pts[i, 2] = -1.0  # behind the camera
   cam_pts[i + 1, 0] = 6.0  # far off the image
   R, t = vm[:3, :3], vm[:3, 3]
   means = (cam_pts - t) @ R  # world = Rᵀ (p − t)
   return Gaussians(means=means, log_scales=log_scales, quats=rng.normal(size=(n, 4)),
-                   opacity_logits=rng.normal(size=n) * 1.5 + 0.5,
+                   opacity_logits=opacity_logits,
                    sh=rng.normal(size=(n, (degree + 1) ** 2, 3)) * 0.3)
 
 
