@@ -17,14 +17,8 @@ cross-entropy with the Gaussians frozen), so any new view gets its parsing map b
 
 The package: `folder` (the Template pytree, save / load, checks), `build` (scene, fit, rig,
 assembly, the synthetic head), `control_maps` (landmarks, heatmaps, parsing lifting), `choice`.
-On disk a template is a folder that `cameras.load_splatshot_views` also reads (the official layout):
-
-  gaussians.ply       3DGS PLY (io.ply)
-  manifest.json       name, num_views, size, source, real views, frontal view, landmarks3d,
-                      parsing source and approximate classes, fit metrics
-  meta.json           num_views, valid_views, padded_width, padded_height
-  view_NNN.npz        padded_image (H, W render padded centred to multiples of 16 by reflection,
-                      uint8), heatmap_control, parsing_control (H, W, 3) uint8, viewmat, K, valid
+On disk a template is a folder in the official layout (gaussians.ply, manifest.json, meta.json,
+view_NNN.npz): `folder`'s docstring lists the fields.
 """
 
 from __future__ import annotations
