@@ -503,9 +503,12 @@ def test_official_333_views_with_a_point_cloud_load_as_a_template(tmp_path):
   assert preflight.check_splatshot(config) == []
 
 
-def test_backend_choices_are_the_renderers():
+def test_enum_choices_are_the_codes_own():
+  """preflight imports no jax, so it keeps its own copies of these enums: they must stay the code's."""
+  from splatshot_jax import fit  # pylint: disable=import-outside-toplevel
   from splatshot_jax.render import composite_triton  # pylint: disable=import-outside-toplevel
   assert preflight.RENDER_BACKENDS == composite_triton.BACKENDS
+  assert preflight.LR_BATCH_SCALINGS == fit.LR_BATCH_SCALINGS
 
 
 def test_batch_reports_its_problems_before_any_work(tmp_path, template_dir, nothing_runs, capsys):
