@@ -6,7 +6,7 @@
 
 Every field of configs/splatshot_sd15.py is here and overridable the same way (`--config.sampler.strength=0.6`);
 `photo` is set per photo. `shard = "i/n"` runs every n-th photo from the i-th of the sorted list; "" takes
-(jax.process_index(), jax.process_count()) in a multi-host JAX job, or the task's place in a SLURM job array. See splatshot_jax/batch.py for the output layout.
+(jax.process_index(), jax.process_count()) in a multi-host JAX job, or the task's place in a SLURM job array. See splatshot_jax/jobs/batch.py for the output layout.
 """
 
 from configs import splatshot_sd15

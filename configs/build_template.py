@@ -10,11 +10,13 @@ With `config.data=''` the template is the synthetic head's ground truth (no fit,
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.job = "build_template"
-  config.compilation_cache = "auto"  # persistent XLA cache (splatshot_jax/compile_cache.py); "" = off
+  config.compilation_cache = "auto"  # persistent XLA cache (splatshot_jax/device/compile_cache.py); "" = off
   config.data = ""  # a multiview folder (SplatShot npz / transforms.json / COLMAP); '' = synthetic head
   config.gaussians = ""  # a fitted 3DGS .ply (e.g. an earlier run's fit.ply): skip the fit
   config.name = ""  # template name; '' = the data folder's name
@@ -28,25 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.overwrite = False  # replace a finished run in out_dir (else refused up front)
   config.preview_views = 8
 
-  config.init = ml_collections.ConfigDict()
-  config.init.sh_degree = 3
-  config.init.opacity = 0.1
-  config.init.hull_points = 20_000  # used when the set has no points3d.ply
-
-  config.fit = ml_collections.ConfigDict()  # same fields as configs/fit_multiview.py's
-  config.fit.num_iters = 7000
-  config.fit.sh_degree_interval = 1000
-  config.fit.densify = True
-  config.fit.refine_start_iter = 500
-  config.fit.refine_stop_iter = 5000
-  config.fit.refine_every = 100
-  config.fit.reset_every = 3000
-  config.fit.max_gaussians = 200_000
-  config.fit.means_lr_final = 0.01  # exponential means-LR decay over the fit, as gsplat
-  # Rasterizer tiles: 16 px as in 3DGS; 8 px with 32 tiles per step is ~1.6x faster on CPU.
-  config.fit.tile_size = 16
-  config.fit.tiles_per_step = 8
-  config.fit.backend = "auto"  # compositor: auto (Triton on a CUDA GPU, else XLA) | xla | triton
+  config.init = common.init_section()
+  config.fit = common.fit_section()
 
   config.template = ml_collections.ConfigDict()
   config.template.background = (0.0, 0.0, 0.0)  # the official template renders are on black
@@ -67,15 +52,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.rig = "own"
     config.holdout = (8, 24, 40)  # the frontal real camera and two interpolated views
   elif arg == "smoke":
-    config.scale = 0.125
+    common.shrink_fit_for_smoke(config)
     config.synthetic.num_gaussians = 800
     config.synthetic.size = 48
-    config.fit.num_iters = 60
-    config.fit.refine_start_iter = 20
-    config.fit.refine_every = 20
-    config.fit.refine_stop_iter = 50
-    config.fit.sh_degree_interval = 20
     config.template.lift_iters = 20
     config.preview_views = 4
-    config.overwrite = True  # smoke runs are rerun into the same folder
   return config

@@ -4,7 +4,7 @@
   python -m experiments.run --config=configs/evaluate.py --config.target=OUT/00000     # one avatar folder
   python -m experiments.run --config=configs/evaluate.py --config.target=OUT --config.arcface=w600k_r50.onnx
 
-See splatshot_jax/evaluation.py for the metrics. `smoke` samples the official videos sparsely (tests, CPU).
+See splatshot_jax/jobs/evaluation.py for the metrics. `smoke` samples the official videos sparsely (tests, CPU).
 """
 
 import ml_collections

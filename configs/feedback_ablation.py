@@ -15,7 +15,7 @@ import ml_collections
 def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.job = "feedback_ablation"
-  config.compilation_cache = "auto"  # persistent XLA cache (splatshot_jax/compile_cache.py); "" = off
+  config.compilation_cache = "auto"  # persistent XLA cache (splatshot_jax/device/compile_cache.py); "" = off
   config.seeds = (0, 1, 2)  # one comparison per seed (same noise for both runs of a seed)
   config.out_dir = "outputs/feedback_ablation"
   config.figure = "docs/figures/feedback_ablation.png"

@@ -6,7 +6,7 @@
 The feedback ablation's setup (configs/feedback_ablation.py: 3 synthetic heads, 8 views of 32 px, the exact
 analytic prior, paper schedule, refit 60/30 iterations), SplatShot with feedback for every B in batch_sizes and
 LR rule, 3 seeds. Writes <out_dir>/refit_batching.json and the figure; the table goes to docs/benchmarks.md
-("Refit batching"). Logic: splatshot_jax/refit_batching.py.
+("Refit batching"). Logic: splatshot_jax/jobs/refit_batching.py.
 """
 
 from configs import feedback_ablation

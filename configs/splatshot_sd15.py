@@ -15,7 +15,7 @@ import ml_collections
 def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.job = "splatshot"
-  config.compilation_cache = "auto"  # persistent XLA cache (splatshot_jax/compile_cache.py); "" = off
+  config.compilation_cache = "auto"  # persistent XLA cache (splatshot_jax/device/compile_cache.py); "" = off
   config.seed = 42
 
   # Inputs. A template is a folder of view_NNN.npz (padded render, control maps, viewmat, K) + its Gaussians.
@@ -37,7 +37,7 @@ def get_config(arg=None):
   config.sd.controlnet_scales = (0.2, 0.6)  # (openpose landmark heatmap, face-parsing seg)
   config.sd.ip_adapter_scale = 0.8
   config.sd.dtype = "bfloat16"  # official: fp16 on an A100
-  # Checkpoints, relative to config.weights (or absolute); see splatshot_jax/pipeline.py.
+  # Checkpoints, relative to config.weights (or absolute); see splatshot_jax/jobs/pipeline.py.
   config.sd.base = "stable-diffusion-v1-5"
   config.sd.vae = "sd-vae-ft-mse"  # "" = the pipeline's own VAE
   config.sd.controlnets = ("control_v11p_sd15_openpose", "control_v11p_sd15_seg")
@@ -81,7 +81,7 @@ def get_config(arg=None):
   config.refit.lr_batch_scaling = "none"  # "sqrt": every refit LR x sqrt(B) (gsplat)
   config.refit.equal_views_seen = False  # refit lengths / B, so a run sees as many views as with B = 1
 
-  # Devices: the views axis of a jax.sharding.Mesh (splatshot_jax/sharding.py); -1 = all local devices.
+  # Devices: the views axis of a jax.sharding.Mesh (splatshot_jax/device/sharding.py); -1 = all local devices.
   config.mesh = ml_collections.ConfigDict()
   config.mesh.views = -1
 

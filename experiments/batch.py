@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from configs import batch as batch_config
-from splatshot_jax import batch
+from splatshot_jax.jobs import batch
 
 
 def run(config) -> batch.BatchResult:

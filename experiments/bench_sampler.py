@@ -11,7 +11,7 @@ step uses (eps twice per step with SDI; decode + its VJP once; the refit at its 
 is timed end to end (compiled); "other" = run - the sum (DDIM, confidence weights, renders, loss, host transfers).
 Prints a markdown table for docs/benchmarks.md ("Sampler"), with the number of sequential refit iterations per avatar
 (the part no hardware parallelises). `--devices` times the whole run per device count (views split over a mesh,
-`splatshot_jax.sharding`); `--compile-only` lowers and compiles the step on abstract weights (no weights are made,
+`splatshot_jax.device.sharding`); `--compile-only` lowers and compiles the step on abstract weights (no weights are made,
 nothing runs) and prints XLA's memory analysis per view_chunk x decode_chunk.
 """
 
@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from splatshot_jax import fit as fit_lib
-from splatshot_jax import guidance, sampler, sharding, synthetic
+from splatshot_jax import guidance, sampler, synthetic
+from splatshot_jax.device import sharding
 from splatshot_jax.diffusion import ddim, denoiser, presets
 
 PRESETS = {

@@ -21,7 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 from configs import build_template as build_template_config
-from splatshot_jax import errors, preflight, templates
+from splatshot_jax import templates
+from splatshot_jax.jobs import preflight
 from splatshot_jax.face import controls
 from splatshot_jax.io import atomic, images as image_io, ply
 
@@ -45,8 +46,7 @@ def _background(config, scene_images: np.ndarray | None) -> tuple[float, float, 
 
 
 def run(config) -> dict:
-  errors.raise_if_problems(preflight.check_build_template(config, reference=build_template_config.get_config()),
-                           "cannot start the build_template job")
+  preflight.require(config, reference=build_template_config.get_config())
   with atomic.run_folder(config.out_dir, job="build_template") as out_dir:
     return _run(config, out_dir)
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from configs import evaluate as evaluate_config
-from splatshot_jax import errors, evaluation, preflight
+from splatshot_jax import errors
+from splatshot_jax.jobs import evaluation, preflight
 
 
 def run(config) -> dict:

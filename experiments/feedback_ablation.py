@@ -4,7 +4,7 @@
 
 For each seed, samples the views twice from the same noise (plain DDIM img2img vs SplatShot), fits a 3DGS to each
 run's final views and reports PSNR of that fit and at held-out cameras; prints a table, writes
-<out_dir>/ablation.json and the README figure (config.figure). The logic lives in `splatshot_jax.ablation`.
+<out_dir>/ablation.json and the README figure (config.figure). The logic lives in `splatshot_jax.jobs.ablation`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import time
 
 import numpy as np
 
-from splatshot_jax import ablation, guidance, sampler
-from splatshot_jax.outputs import write_json
+from splatshot_jax.jobs import ablation
+from splatshot_jax import guidance, sampler
+from splatshot_jax.jobs.outputs import write_json
 
 
 def run(config) -> dict:

@@ -16,7 +16,8 @@ import numpy as np
 from tqdm import tqdm
 
 from configs import fit_multiview as fit_multiview_config
-from splatshot_jax import errors, outputs, preflight, templates
+from splatshot_jax import templates
+from splatshot_jax.jobs import outputs, preflight
 from splatshot_jax.io import atomic, images as image_io, ply
 from splatshot_jax.render import render_views
 
@@ -29,8 +30,7 @@ def turntable(g, rig_cameras, front_cam, frames: int, background) -> np.ndarray:
 
 
 def run(config) -> dict:
-  errors.raise_if_problems(preflight.check_fit_multiview(config, reference=fit_multiview_config.get_config()),
-                           "cannot start the fit_multiview job")
+  preflight.require(config, reference=fit_multiview_config.get_config())
   with atomic.run_folder(config.out_dir, job="fit_multiview") as out_dir:
     return _run(config, out_dir)
 

@@ -4,13 +4,14 @@
 
 For each seed, B and LR rule, samples the views with the 3D feedback, fits a 3DGS to the final views (fit and
 held-out PSNR, as the feedback ablation measures) and times the refit; prints a table, writes
-<out_dir>/refit_batching.json (rows appended as they finish) and the figure. Logic: `splatshot_jax.refit_batching`.
+<out_dir>/refit_batching.json (rows appended as they finish) and the figure. Logic: `splatshot_jax.jobs.refit_batching`.
 """
 
 from __future__ import annotations
 
-from splatshot_jax import ablation, refit_batching, sampler
-from splatshot_jax.outputs import write_json
+from splatshot_jax.jobs import ablation, refit_batching
+from splatshot_jax import sampler
+from splatshot_jax.jobs.outputs import write_json
 
 
 def run(config) -> dict:

@@ -3,7 +3,7 @@
 Each config names its job (`config.job`); the job's module in `experiments/` exposes `run(config)`.
 With no --config, the default config is the README's install check. Each job module can also be run
 directly (`python -m experiments.build_template --config=...`); its default config is its own.
-Both set up the persistent compilation cache first (`config.compilation_cache`, `splatshot_jax.compile_cache`).
+Both set up the persistent compilation cache first (`config.compilation_cache`, `splatshot_jax.device.compile_cache`).
 
 Mistakes in the inputs (an unknown config key, a bad value, a missing or broken file) are printed as
 one message listing every problem, exit code 2; `--debug` (or SPLATSHOT_DEBUG=1) adds the traceback.
@@ -22,7 +22,8 @@ from absl import flags
 from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as config_flags_impl
 
-from splatshot_jax import compile_cache, errors
+from splatshot_jax.device import compile_cache
+from splatshot_jax import errors
 from splatshot_jax.errors import Problem
 
 DEFAULT_CONFIG = "configs/splatshot_sd15.py:smoke"
@@ -63,7 +64,7 @@ class _CheckedConfigFile(config_flags_impl.ConfigFileFlagParser):
       err = object.__getattribute__(config, "_error")
       raise errors.UserInputError([Problem("--config", f"cannot read the config file ({err})", path)],
                                   "cannot load the config")
-    from splatshot_jax import preflight  # pylint: disable=import-outside-toplevel
+    from splatshot_jax.jobs import preflight  # pylint: disable=import-outside-toplevel
     overrides = [m.group(1) for a in self._argv[1:] if (m := _OVERRIDE_ARG.match(a))]
     errors.raise_if_problems(preflight.check_override_keys(config, overrides), "bad command line")
     return config

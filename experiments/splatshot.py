@@ -12,7 +12,7 @@ completes (`io.atomic.run_folder`); a failed run (e.g. values that became NaN) l
 from __future__ import annotations
 
 from configs import splatshot_sd15
-from splatshot_jax import pipeline
+from splatshot_jax.jobs import pipeline
 from splatshot_jax.io import atomic
 
 

@@ -16,7 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
-from splatshot_jax import outputs, viewer
+from splatshot_jax.jobs import outputs
+from splatshot_jax import viewer
 from splatshot_jax.cameras import CameraFormatError, load_multiview
 from splatshot_jax.io import ply
 

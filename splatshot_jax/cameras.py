@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from splatshot_jax import errors
+
 
 @struct.dataclass
 class Camera:
@@ -59,7 +61,7 @@ class Camera:
     return -jnp.einsum("...ji,...j->...i", R, t)
 
 
-class CameraFormatError(ValueError):
+class CameraFormatError(errors.UserError, ValueError):
   """A camera file (transforms.json, COLMAP .bin, view_NNN.npz, meta.json) is malformed."""
 
 

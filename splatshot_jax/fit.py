@@ -28,7 +28,8 @@ import numpy as np
 import optax
 from flax import struct
 
-from splatshot_jax import metrics, sharding
+from splatshot_jax import metrics
+from splatshot_jax.device import sharding
 from splatshot_jax.cameras import Camera
 from splatshot_jax.gaussians import Gaussians
 from splatshot_jax.render import render
@@ -61,7 +62,7 @@ class FitConfig:
   lr_batch_scaling: str = "none"
   # Divide the iteration count by B (rounded up), so a batched fit sees as many views as an unbatched one.
   equal_views_seen: bool = False
-  # A jax.sharding.Mesh with a "views" axis (`splatshot_jax.sharding`): an iteration's B views are split across
+  # A jax.sharding.Mesh with a "views" axis (`splatshot_jax.device.sharding`): an iteration's B views are split across
   # its devices and their gradients summed. None or B not divisible by its size: one device.
   mesh: object = None
   frozen: tuple[str, ...] = ()  # names from PARAM_GROUPS kept fixed

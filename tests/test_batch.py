@@ -16,7 +16,7 @@ import pytest
 import tiny_arcface
 from configs import batch as batch_config
 from configs import evaluate as evaluate_config
-from splatshot_jax import batch, evaluation, pipeline
+from splatshot_jax.jobs import batch, evaluation, pipeline
 from splatshot_jax.io import images as image_io
 
 SHARED = Path(os.environ.get("SPLATSHOT_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))

@@ -12,7 +12,8 @@ import pytest
 
 import tiny_arcface
 from configs import evaluate as evaluate_config
-from splatshot_jax import evaluation, outputs, sampler, templates
+from splatshot_jax.jobs import evaluation, outputs
+from splatshot_jax import sampler, templates
 from splatshot_jax.cameras import orbit_rig
 from splatshot_jax.face import detect, identity
 from splatshot_jax.io import images as image_io

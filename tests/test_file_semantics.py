@@ -14,7 +14,7 @@ import pytest
 
 plyfile = pytest.importorskip("plyfile")
 
-from splatshot_jax import outputs  # noqa: E402
+from splatshot_jax.jobs import outputs  # noqa: E402
 from splatshot_jax.cameras import Camera, look_at, project_points  # noqa: E402
 from splatshot_jax.gaussians import Gaussians  # noqa: E402
 from splatshot_jax.io import ply  # noqa: E402

@@ -269,7 +269,8 @@ def test_feedback_makes_views_consistent():
 
 
 def test_end_to_end_tiny_run_writes_outputs(tmp_path):
-  from splatshot_jax import outputs, synthetic
+  from splatshot_jax.jobs import outputs
+  from splatshot_jax import synthetic
 
   sched = ddim.make_schedule(6)
   g, labels = synthetic.head_gaussians(120, sh_degree=1)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from configs import splatshot_sd15
-from splatshot_jax import pipeline
+from splatshot_jax.jobs import pipeline
 from splatshot_jax.errors import UserInputError
 from splatshot_jax.io import images as image_io
 

@@ -20,7 +20,8 @@ import pytest
 
 from configs import splatshot_sd15
 from experiments import run as run_lib
-from splatshot_jax import errors, guidance, pipeline, preflight, sampler, synthetic
+from splatshot_jax import errors, guidance, sampler, synthetic
+from splatshot_jax.jobs import pipeline, preflight
 from splatshot_jax import templates as T
 from splatshot_jax.face import controls
 from splatshot_jax.gaussians import random_gaussians

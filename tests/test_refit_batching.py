@@ -178,7 +178,7 @@ def test_splatshot_step_compiles_once_per_run():
 
 
 def test_compilation_cache_folder(tmp_path, monkeypatch):
-  from splatshot_jax import compile_cache
+  from splatshot_jax.device import compile_cache
 
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
   assert compile_cache.cache_dir("auto") == tmp_path / "xdg" / "splatshot_jax" / "jax"

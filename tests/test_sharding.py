@@ -1,4 +1,4 @@
-"""Views sharded over 4 forced CPU devices (splatshot_jax/sharding.py): the sharded SplatShot step equals the
+"""Views sharded over 4 forced CPU devices (splatshot_jax/device/sharding.py): the sharded SplatShot step equals the
 single-device one, and its arrays really are split over the devices.
 
 The 4 devices exist only in a subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=4 must be set before jax
@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from splatshot_jax import sharding
+from splatshot_jax.device import sharding
 
 SCRIPT = r'''
 import json, types
 import jax, jax.numpy as jnp, numpy as np
-from splatshot_jax import fit as fit_lib, guidance, sharding, synthetic
+from splatshot_jax import fit as fit_lib, guidance, synthetic
+from splatshot_jax.device import sharding
 from splatshot_jax.diffusion import ddim, presets
 from splatshot_jax.priors.analytic import AnalyticCond, make_analytic_prior, same_view_mask
 

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from splatshot_jax import outputs, synthetic
+from splatshot_jax.jobs import outputs
+from splatshot_jax import synthetic
 from splatshot_jax.cameras import Camera
 from splatshot_jax.io import ply
 from splatshot_jax.metrics import psnr

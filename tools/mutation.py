@@ -259,7 +259,7 @@ MUTATIONS = [
       why="colours truncated, not rounded"),
     M("M67", "splatshot_jax/io/ply.py", "return c.astype(np.float32) / float(np.iinfo(c.dtype).max)",
       "return c.astype(np.float32) / 255.0", f"{FS}::test_points_ply_fields", why="16-bit colours"),
-    M("M68", "splatshot_jax/outputs.py",
+    M("M68", "splatshot_jax/jobs/outputs.py",
       '"views": [{"viewmat": vm[i].tolist(), "K": K[i].tolist()} for i in range(vm.shape[0])]}',
       '"views": [{"viewmat": vm[i].T.tolist(), "K": K[i].tolist()} for i in range(vm.shape[0])]}',
       f"{FS}::test_cameras_json_is_world_to_camera_opencv", why="cameras.json transposed"),

@@ -23,8 +23,10 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 from flax import traverse_util
 
+from splatshot_jax import errors
 
-class CheckpointError(ValueError):
+
+class CheckpointError(errors.UserError, ValueError):
   """A checkpoint does not match the model it is loaded into."""
 
 

@@ -24,6 +24,8 @@ from typing import Union
 
 import numpy as np
 
+from splatshot_jax import errors
+
 ImageLike = Union[str, os.PathLike, np.ndarray]
 
 # Below this box side the 68-point predictor becomes unreliable (its features are ~1-2 px apart)
@@ -45,7 +47,7 @@ OUTER_LIPS = tuple(range(48, 60))
 INNER_LIPS = tuple(range(60, 68))
 
 
-class FaceError(ValueError):
+class FaceError(errors.UserError, ValueError):
   """Base class of the photo-analysis errors (the photo cannot be used as is)."""
 
 

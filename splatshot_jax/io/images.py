@@ -14,10 +14,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
+from splatshot_jax import errors
 from splatshot_jax.io.atomic import atomic_path
 
 
-class ImageError(ValueError):
+class ImageError(errors.UserError, ValueError):
   """An image or video file cannot be read, or an array cannot be written as one."""
 
 

@@ -18,11 +18,12 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from splatshot_jax import errors
 from splatshot_jax.gaussians import Gaussians
 from splatshot_jax.io.atomic import atomic_path
 
 
-class PlyError(ValueError):
+class PlyError(errors.UserError, ValueError):
   """A PLY file is malformed, truncated or lacks a property we need."""
 
 

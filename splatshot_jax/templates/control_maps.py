@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from splatshot_jax import datasets
 from splatshot_jax.cameras import Camera
 from splatshot_jax.face import controls
 from splatshot_jax.face.landmarks3d import (Landmarks3D, detect_landmarks_views, project_landmarks,
@@ -20,7 +19,7 @@ from splatshot_jax.face.landmarks3d import (Landmarks3D, detect_landmarks_views,
 from splatshot_jax.gaussians import Gaussians
 from splatshot_jax.io import images as image_io
 from splatshot_jax.render import check_overflow, render_views
-from splatshot_jax.templates.folder import BACKGROUND, NUM_CLASSES, TemplateError
+from splatshot_jax.templates.folder import BACKGROUND, NUM_CLASSES, TemplateError, frontal_view  # noqa: F401
 
 
 def render_chunked(g: Gaussians, cameras: Camera, *, background=(0.0, 0.0, 0.0),
@@ -105,30 +104,6 @@ def landmark_heatmaps(points3d: np.ndarray, cameras: Camera, *, drop_jaw: bool =
   heat = np.stack([controls.landmark_heatmap(uv[v], H, W, valid=bool(valid[v]), drop_jaw=drop_jaw)
                    for v in range(len(cameras))])
   return heat, valid
-
-
-def frontal_view(points3d: np.ndarray, cameras: Camera) -> int:
-  """The view that looks most directly at the face (the official frontal view is 8 of the 333 set).
-
-  The face's forward direction is the normal of the plane through both eye centres and the mouth,
-  oriented towards the majority of cameras; without landmarks, the view nearest the rig's mean
-  viewing direction.
-  """
-  lm = np.asarray(points3d, np.float64)
-  c = np.asarray(cameras.center, np.float64)
-  pts = [lm[36:42].mean(0), lm[42:48].mean(0), lm[48:68].mean(0)]
-  if all(np.isfinite(p).all() for p in pts):
-    centre = np.mean(pts, 0)
-    fwd = np.cross(pts[1] - pts[0], pts[2] - 0.5 * (pts[0] + pts[1]))
-  else:
-    centre, _, _ = datasets.scene_frame(cameras)
-    fwd = (c - centre).mean(0)
-  d = c - centre
-  d /= np.linalg.norm(d, axis=-1, keepdims=True)
-  cos = d @ (fwd / np.linalg.norm(fwd))
-  if (cos > 0).sum() < (cos < 0).sum():
-    cos = -cos
-  return int(np.argmax(cos))
 
 
 # ----------------------------------------------------------------------------------------------

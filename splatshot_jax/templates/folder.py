@@ -28,6 +28,7 @@ import numpy as np
 from flax import struct
 
 from splatshot_jax import cameras as cam_lib
+from splatshot_jax import datasets, errors
 from splatshot_jax.cameras import Camera
 from splatshot_jax.face import controls
 from splatshot_jax.gaussians import Gaussians
@@ -46,7 +47,7 @@ PAD_MULTIPLE = 16  # SplatShot pads renders to multiples of 16 (the VAE's 8 x th
 HEURISTIC_CLASSES = ("skin", "neck", "cloth", "hair")
 
 
-class TemplateError(ValueError):
+class TemplateError(errors.UserError, ValueError):
   """A template folder is incomplete or malformed, or a template cannot be built from the inputs."""
 
 
@@ -115,6 +116,30 @@ class Template:
 
 # ----------------------------------------------------------------------------------------------
 # Save / load.
+
+
+def frontal_view(points3d: np.ndarray, cameras: Camera) -> int:
+  """The view that looks most directly at the face (the official frontal view is 8 of the 333 set).
+
+  The face's forward direction is the normal of the plane through both eye centres and the mouth,
+  oriented towards the majority of cameras; without landmarks, the view nearest the rig's mean
+  viewing direction.
+  """
+  lm = np.asarray(points3d, np.float64)
+  c = np.asarray(cameras.center, np.float64)
+  pts = [lm[36:42].mean(0), lm[42:48].mean(0), lm[48:68].mean(0)]
+  if all(np.isfinite(p).all() for p in pts):
+    centre = np.mean(pts, 0)
+    fwd = np.cross(pts[1] - pts[0], pts[2] - 0.5 * (pts[0] + pts[1]))
+  else:
+    centre, _, _ = datasets.scene_frame(cameras)
+    fwd = (c - centre).mean(0)
+  d = c - centre
+  d /= np.linalg.norm(d, axis=-1, keepdims=True)
+  cos = d @ (fwd / np.linalg.norm(fwd))
+  if (cos > 0).sum() < (cos < 0).sum():
+    cos = -cos
+  return int(np.argmax(cos))
 
 
 def _manifest(t: Template) -> dict:
@@ -332,7 +357,6 @@ def load_template(folder: str | os.PathLike) -> Template:
         metrics=tuple((k, float(v)) for k, v in m.get("metrics", {}).items()
                       if isinstance(v, (int, float))))
   else:
-    from splatshot_jax.templates.control_maps import frontal_view  # pylint: disable=import-outside-toplevel
     lm = np.full((68, 3), np.nan, np.float32)
     name = str(parts["meta"].get("template") or folder.name)
     info = TemplateInfo(source=f"{folder} (official SplatShot template layout, {parts['ply'].name})",

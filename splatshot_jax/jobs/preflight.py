@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 from splatshot_jax.errors import Problem, UserInputError, raise_if_problems  # noqa: F401 (re-exported)
 from splatshot_jax.io import atomic
 from splatshot_jax.io.atomic import is_finished  # noqa: F401 (re-exported: the one "finished run" test)
+from splatshot_jax.jobs import inputs
 
 # Config values the code accepts, by field (enums).
 SAMPLER_STARTS = ("official", "diffusers")
@@ -259,18 +260,17 @@ def _json_problem(path: Path) -> str | None:
 
 
 def check_weights(config) -> list[Problem]:
-  """The SD weights under config.weights: layout (every file `pipeline.resolve_weights` needs), every
+  """The SD weights under config.weights: layout (every file `inputs.resolve_weights` needs), every
   config JSON parsed, every weights file's header readable. Tensors are not loaded."""
-  from splatshot_jax import pipeline  # pylint: disable=import-outside-toplevel
   from splatshot_jax.diffusion import loading  # pylint: disable=import-outside-toplevel
   if not config.weights:
     return [Problem("config.weights", "is empty: give the folder that holds the checkpoints (or "
-                                      f"--config.weights={pipeline.RANDOM_TINY} for the install check)")]
-  paths, wanted = pipeline.weight_paths(config.sd, config.weights)
+                                      f"--config.weights={inputs.RANDOM_TINY} for the install check)")]
+  paths, wanted = inputs.weight_paths(config.sd, config.weights)
   missing = [f"  {what}: {path}" for what, path in wanted if not path.exists()]
   problems = []
   if missing:
-    problems.append(Problem("config.weights", pipeline.missing_weights_message(config.weights, missing)))
+    problems.append(Problem("config.weights", inputs.missing_weights_message(config.weights, missing)))
   # Component folders: (field, folder, weight stems); the base pipeline's own sub-folders included.
   folders = [(f"config.sd.controlnets[{i}]", c, loading.DIFFUSERS_STEMS) for i, c in enumerate(paths.controlnets)]
   folders.append(("config.sd.image_encoder", paths.image_encoder, loading.TRANSFORMERS_STEMS))
@@ -340,18 +340,18 @@ def check_photo(path: str, field: str = "config.photo", *, min_face_px: float | 
 
 def check_template(config) -> tuple[list[Problem], list[int]]:
   """config.template: each folder complete and sound (`templates.inspect_template`); (problems, views of each)."""
-  from splatshot_jax import pipeline, templates  # pylint: disable=import-outside-toplevel
+  from splatshot_jax import templates  # pylint: disable=import-outside-toplevel
   if config.template == "synthetic":
     n = SYNTHETIC_VIEWS * (3 if config.synthetic.rig == "paper48" else 1)
     return [], [n]
-  folders = pipeline.template_folders(config)
+  folders = inputs.template_folders(config)
   if not folders:
     return [Problem("config.template", "is empty: give a template folder (or 'synthetic')")], []
   problems, counts, names, parts_all = [], [], [], []
   for folder in folders:
     found, parts = templates.inspect_template(folder)
     parts_all.append(parts)
-    hint = pipeline.template_hint(folder)
+    hint = inputs.template_hint(folder)
     problems += [Problem("config.template", f + (hint if i == 0 else "")) for i, f in enumerate(found)]
     if parts is not None:
       counts.append(len(parts["data"]))
@@ -394,7 +394,6 @@ def check_splatshot(config, reference=None, *, per_run: bool = True) -> list[Pro
     reference: the job's default config; when given, keys it lacks are reported (typos in a config file).
     per_run: also check config.photo and config.out_dir (a batch checks those per photo, `check_batch`).
   """
-  from splatshot_jax import pipeline  # pylint: disable=import-outside-toplevel
   problems = check_keys(config, reference) if reference is not None else []
   problems += check_dataclass_sections(config)
   v = _Values(config)
@@ -433,7 +432,7 @@ def check_splatshot(config, reference=None, *, per_run: bool = True) -> list[Pro
     v.int("synthetic.size", lo=16)
     v.choice("synthetic.rig", SYNTHETIC_RIGS)
   problems += v.problems
-  tiny = config.weights == pipeline.RANDOM_TINY
+  tiny = config.weights == inputs.RANDOM_TINY
   if not tiny:
     problems += check_weights(config)
     if scales is not None and len(scales) != len(config.sd.controlnets):
@@ -465,12 +464,11 @@ def check_batch(config, reference=None) -> list[Problem]:
   checks (a readable file with one usable face, its folder) run when its turn comes: a bad photo is a recorded
   failure of the batch, not a reason to refuse the others. OUT itself must be a folder that can be created.
   """
-  from splatshot_jax import batch  # pylint: disable=import-outside-toplevel  (batch imports the pipeline)
   problems = []
-  for step in (lambda: batch.list_photos(config.photos), lambda: batch.parse_shard(config.shard)):
+  for step in (lambda: inputs.list_photos(config.photos), lambda: inputs.parse_shard(config.shard)):
     try:
       step()
-    except batch.BatchError as e:
+    except inputs.BatchError as e:
       problems += e.problems
   problems += check_splatshot(config, reference, per_run=False)
   # overwrite=True: OUT holds the per-photo run folders, it is not a run folder itself.
@@ -567,3 +565,8 @@ def check(config, reference=None) -> list[Problem]:
   """The check of the job config.job names ([] for a job without one)."""
   fn = CHECKS.get(config.get("job"))
   return fn(config, reference) if fn is not None else []
+
+
+def require(config, reference=None) -> None:
+  """Raises one UserInputError listing every problem `check` finds in the job config.job names."""
+  raise_if_problems(check(config, reference), f"cannot start the {config.get('job')} job")

@@ -34,78 +34,16 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from splatshot_jax import errors, outputs, pipeline, preflight
+from splatshot_jax import errors
+from splatshot_jax.jobs import outputs, pipeline, preflight
 from splatshot_jax.io import atomic
 from splatshot_jax.io.atomic import atomic_path
+from splatshot_jax.jobs.inputs import IMAGE_EXTENSIONS, BatchError, list_photos, parse_shard, shard_photos  # noqa: F401
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 INFO = "batch.json"  # seconds and compilations of the photo, inside its run folder
 FAILURE = "failure.json"
 SUMMARY_FIELDS = ("photo", "status", "folder", "seconds", "compilations", "template", "final_discrepancy",
                   "identity_near_frontal", "error")
-
-
-class BatchError(errors.UserInputError):
-  """The batch's own inputs (config.photos, config.shard) are wrong; the message names the field."""
-
-
-# ----------------------------------------------------------------------------------------------
-# The photo list and its shards.
-
-
-def list_photos(spec: str) -> list[Path]:
-  """The batch's photos, sorted by path: every image file of a folder, or the files a glob matches.
-
-  Raises BatchError when nothing matches or two photos would share an output folder (same stem).
-  """
-  if not spec:
-    raise BatchError("config.photos is empty: give a folder of photos or a glob such as 'photos/*.jpg'")
-  folder = Path(spec).expanduser()
-  if folder.is_dir():
-    files = [f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
-    where = f"folder {str(folder)!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})"
-  else:
-    files = [Path(f) for f in glob.glob(os.path.expanduser(spec), recursive=True) if Path(f).is_file()]
-    where = f"{spec!r} is neither a folder nor a glob that matches files"
-  if not files:
-    raise BatchError(f"config.photos: {where}")
-  files.sort(key=str)
-  by_stem: dict[str, list[str]] = {}
-  for f in files:
-    by_stem.setdefault(f.stem, []).append(str(f))
-  clashes = {s: fs for s, fs in by_stem.items() if len(fs) > 1}
-  if clashes:
-    raise BatchError("config.photos: each photo gets a folder named after it, but these share a name: "
-                     + "; ".join(" and ".join(fs) for fs in clashes.values()))
-  return files
-
-
-def parse_shard(shard: str, environ=None) -> tuple[int, int]:
-  """(index, count) of this process's share of the photos.
-
-  "i/n" as given; "" is this process's place in a multi-host JAX job (jax.process_index(), jax.process_count()),
-  or, in a single-process task of a SLURM job array (--array=0-7), the task's place in the array; else (0, 1).
-  """
-  if not shard:
-    if jax.process_count() > 1:
-      return jax.process_index(), jax.process_count()
-    env = os.environ if environ is None else environ
-    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-      if env.get("SLURM_ARRAY_TASK_STEP", "1") != "1":
-        raise BatchError("config.shard: this SLURM array has a step; give --config.shard=i/n explicitly")
-      index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-      return index, int(env["SLURM_ARRAY_TASK_COUNT"])
-    return 0, 1
-  m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(shard))
-  if not m or not int(m[1]) < int(m[2]):
-    raise BatchError(f"config.shard={shard!r}: expected 'i/n' with 0 <= i < n (e.g. '0/4'), or '' for "
-                     "(jax.process_index(), jax.process_count()) or the SLURM array task")
-  return int(m[1]), int(m[2])
-
-
-def shard_photos(photos: list[Path], index: int, count: int) -> list[Path]:
-  """Every count-th photo from the index-th: the shards partition the sorted list, whatever its order on disk."""
-  return list(photos[index::count])
 
 
 def photo_folder(out_dir, photo: Path) -> Path:

@@ -14,7 +14,7 @@ For an avatar folder (the outputs of one run: avatar.ply, cameras.json, views/, 
 - the official turntable of the photo, when there is one (`<videos>/<photo stem>.mp4`): the same identity metric
   on its frames, next to ours (the official median dlib distance over 70 CelebA-HQ photos is 0.54).
 Writes <folder>/evaluation.json and <folder>/evaluation/ (images for the report). For a batch folder: every
-finished photo's evaluation, OUT/evaluation.csv and OUT/report.html (`splatshot_jax.report`).
+finished photo's evaluation, OUT/evaluation.csv and OUT/report.html (`splatshot_jax.jobs.report`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,12 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from splatshot_jax import errors, outputs
+from splatshot_jax import errors
+from splatshot_jax.jobs import outputs
 from splatshot_jax import metrics as metrics_lib
-from splatshot_jax.batch import is_finished, photo_row
+from splatshot_jax.jobs import report
+from splatshot_jax.jobs.batch import is_finished, photo_row
+from splatshot_jax.jobs.report import OFFICIAL_MEDIAN_DLIB, SAME_PERSON
 from splatshot_jax.cameras import Camera, orbit_rig
 from splatshot_jax.datasets import scene_frame
 from splatshot_jax.face import align, detect, identity
@@ -38,8 +41,6 @@ from splatshot_jax.io import ply
 from splatshot_jax.io.atomic import atomic_path
 from splatshot_jax.render import check_overflow, render_views
 
-SAME_PERSON = identity.SAME_PERSON_THRESHOLD  # dlib's "same person" line, 0.6
-OFFICIAL_MEDIAN_DLIB = 0.54  # the official SplatShot's median dlib distance over 70 CelebA-HQ photos
 
 # insightface's five-point template of its 112x112 ArcFace input (right eye, left eye, nose tip, right and left
 # mouth corners of the subject, i.e. image left to right), in pixel-index coordinates (pixel centres at integers).
@@ -476,7 +477,6 @@ def evaluate_batch(out_dir, config, arcface: ArcFace | None = None) -> dict:
   The photo list is the batch's summary.csv when present (failed and pending photos get a row), else every
   subfolder that holds a finished run. A photo whose evaluation fails gets its error in the row; the rest go on.
   """
-  from splatshot_jax import report  # pylint: disable=import-outside-toplevel  (report imports this module)
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
 
   out = Path(out_dir)

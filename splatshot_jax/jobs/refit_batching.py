@@ -1,6 +1,6 @@
 """What does batching the refit do to SplatShot? The measurement behind `configs/refit_batching.py`.
 
-The feedback ablation's setup (`splatshot_jax.ablation`: K synthetic heads, the exact analytic prior, the mean-palette
+The feedback ablation's setup (`splatshot_jax.jobs.ablation`: K synthetic heads, the exact analytic prior, the mean-palette
 template), sampled with the 3D feedback on and the refit drawing B views per iteration (`FitConfig.views_per_iter`)
 at equal views seen (`equal_views_seen`: ceil(n / B) iterations), under either learning-rate rule ("none", or gsplat's
 "sqrt": every LR x sqrt(B)). Each run is scored as the feedback ablation scores it (`ablation.consistency`: PSNR of
@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from splatshot_jax import ablation, guidance, sampler
+from splatshot_jax.jobs import ablation
+from splatshot_jax import guidance, sampler
 from splatshot_jax import fit as fit_lib
 from splatshot_jax.diffusion import ddim
 

@@ -3,13 +3,7 @@
 `experiments/splatshot.py` calls these in order; each checks its inputs first and fails with one
 error that lists everything missing and where it was looked for, before any model is built.
 
-Weights layout under `config.weights` (each entry can be overridden by an absolute path):
-  stable-diffusion-v1-5/                       diffusers pipeline folder (unet, vae, text_encoder, tokenizer)
-  sd-vae-ft-mse/                               optional separate VAE (official code loads one)
-  control_v11p_sd15_openpose/, control_v11p_sd15_seg/    the two ControlNets
-  IP-Adapter/models/ip-adapter-plus-face_sd15.bin       IP-Adapter (.bin or .safetensors)
-  IP-Adapter/models/image_encoder/             its CLIP ViT-H/14 vision encoder
-`config.weights = "random-tiny"` builds a tiny random-weight prior instead (install check, no files).
+The weights layout and where templates are looked for: `jobs/inputs.py`.
 """
 
 from __future__ import annotations
@@ -24,61 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from splatshot_jax import cameras as cam_lib
-from splatshot_jax import errors, guidance, outputs, sampler, sharding, templates
+from splatshot_jax import errors, guidance, sampler, templates
+from splatshot_jax.jobs import outputs
+from splatshot_jax.device import sharding
 from splatshot_jax import fit as fit_lib
 from splatshot_jax.diffusion import denoiser, loading, presets
 from splatshot_jax.io import images as image_io
 from splatshot_jax.io.images import to_uint8
 from splatshot_jax.render import RenderOverflowError, check_overflow, render_views
-
-RANDOM_TINY = "random-tiny"
-
-
-class MissingInputsError(FileNotFoundError):
-  """Inputs of a run are missing; the message lists each one and where it was looked for."""
-
-
-@dataclasses.dataclass(frozen=True)
-class WeightPaths:
-  base: Path
-  vae: Path | None
-  controlnets: tuple[Path, ...]
-  ip_adapter: Path
-  image_encoder: Path
-
-
-def weight_paths(sd_config, weights_root: str) -> tuple[WeightPaths, list[tuple[str, Path]]]:
-  """(the checkpoint paths, [(config field, file that must exist)]) of the SD prior's weights."""
-  root = Path(weights_root).expanduser()
-  at = lambda p: None if not p else (Path(p) if Path(p).is_absolute() else root / p)
-  paths = WeightPaths(base=at(sd_config.base), vae=at(sd_config.vae),
-                      controlnets=tuple(at(c) for c in sd_config.controlnets),
-                      ip_adapter=at(sd_config.ip_adapter), image_encoder=at(sd_config.image_encoder))
-  wanted = [("config.sd.base (diffusers SD-1.5 folder)", paths.base / "model_index.json"),
-            ("config.sd.ip_adapter", paths.ip_adapter),
-            ("config.sd.image_encoder (CLIP vision folder)", paths.image_encoder / "config.json")]
-  if paths.vae is not None:
-    wanted.append(("config.sd.vae", paths.vae / "config.json"))
-  wanted += [(f"config.sd.controlnets[{i}]", c / "config.json") for i, c in enumerate(paths.controlnets)]
-  return paths, wanted
-
-
-def missing_weights_message(weights_root: str, missing: list[str]) -> str:
-  return ("SplatShot needs these checkpoints (nothing is downloaded at run time):\n" + "\n".join(missing)
-          + f"\nLooked under config.weights = {str(Path(weights_root).expanduser())!r}; see "
-          f"splatshot_jax/pipeline.py for the layout, or use --config.weights={RANDOM_TINY} for the install check.")
-
-
-def resolve_weights(sd_config, weights_root: str) -> WeightPaths:
-  """Paths of every checkpoint the SD prior needs; raises MissingInputsError listing all absent ones."""
-  paths, wanted = weight_paths(sd_config, weights_root)
-  missing = [f"  {what}: {path}" for what, path in wanted if not path.exists()]
-  if not weights_root:
-    missing.insert(0, "  config.weights is empty (give the folder that holds the checkpoints)")
-  if missing:
-    raise MissingInputsError(missing_weights_message(weights_root, missing))
-  return paths
-
+from splatshot_jax.jobs.inputs import (RANDOM_TINY, MissingInputsError, WeightPaths, missing_weights_message,  # noqa: F401
+                                       resolve_weights, template_folders, template_hint, weight_paths)
 
 def load_prior(config):
   """(prior, conditioner or None): the SD prior from `config.weights`, or random tiny weights."""
@@ -108,28 +57,6 @@ def pad_template(t: templates.Template, multiple: int = 16) -> templates.Templat
   stack = lambda xs: jnp.asarray(np.stack([pad_one(x) for x in np.asarray(xs)]))
   return t.replace(renders=stack(t.renders), heatmaps=stack(t.heatmaps), parsing=stack(t.parsing),
                    cameras=cam_lib.pad(t.cameras, top, bottom, left, right))
-
-
-def template_hint(folder: Path) -> str:
-  """How to get a template at `folder` when it is not one ('' when there is nothing to add)."""
-  build = ("  python -m experiments.run --config=configs/build_template.py:333 "
-           "--config.data=../shared/data/multiview/nersemble-333-48views --config.out_dir={out}")
-  if (folder / "view_000.npz").exists() and not any((folder / n).exists()
-                                                    for n in ("gaussians.ply", templates.OFFICIAL_PLY)):
-    return ("\nThis looks like a view set without its 3DGS (like the shared nersemble-333-48views). Build a "
-            f"template from it first:\n{build.format(out=f'templates/{folder.name}')}\nthen pass "
-            f"--config.template=templates/{folder.name} (or, if you have the template's 3DGS, put it beside the "
-            f"views as {templates.OFFICIAL_PLY}: official SplatShot template folders load as they are)")
-  if not folder.exists():
-    return f"\nBuild one from a calibrated multi-view head, e.g.:\n{build.format(out=folder)}"
-  return ""
-
-
-def template_folders(config) -> list[Path]:
-  """The template folders config.template names (comma-separated); [] for "synthetic"."""
-  if config.template == "synthetic":
-    return []
-  return [Path(f.strip()).expanduser() for f in config.template.split(",") if f.strip()]
 
 
 def _load_template_folder(folder: Path) -> templates.Template:
@@ -183,7 +110,8 @@ def load_photo(path: str) -> np.ndarray:
   Raises:
     errors.UserInputError: naming config.photo, the file and the problem (`preflight.check_photo`).
   """
-  from splatshot_jax import errors, preflight  # pylint: disable=import-outside-toplevel
+  from splatshot_jax import errors  # pylint: disable=import-outside-toplevel
+  from splatshot_jax.jobs import preflight  # pylint: disable=import-outside-toplevel
 
   errors.raise_if_problems(preflight.check_photo(path), "the photo cannot be used")
   return image_io.load_image(Path(path).expanduser())
@@ -239,7 +167,8 @@ def check_inputs(config, reference=None) -> np.ndarray | None:
   Raises:
     errors.UserInputError: every problem found, each naming its config field and file.
   """
-  from splatshot_jax import errors, preflight  # pylint: disable=import-outside-toplevel  (preflight imports us)
+  from splatshot_jax import errors  # pylint: disable=import-outside-toplevel  (preflight imports us)
+  from splatshot_jax.jobs import preflight  # pylint: disable=import-outside-toplevel  (preflight imports us)
 
   errors.raise_if_problems(preflight.check_splatshot(config, reference=reference), "cannot start the splatshot job")
   if config.weights == RANDOM_TINY and not config.photo:
