@@ -1,4 +1,4 @@
-"""Control maps of a template: 3D landmarks and their heatmaps, the frontal view, and parsing labels
+"""Control maps of a template: 3D landmarks and their heatmaps, and parsing labels
 lifted onto the Gaussians (rendered as extra channels, so any view gets its parsing map).
 """
 

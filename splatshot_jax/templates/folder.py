@@ -1,4 +1,4 @@
-"""Template folders: the `Template` pytree, its on-disk layout (save / load) and a preview grid.
+"""Template folders: the `Template` pytree, its on-disk layout (save / load), its frontal view and a preview grid.
 
 On disk a template is a folder that `cameras.load_splatshot_views` also reads (the official layout):
 
