@@ -4,7 +4,8 @@
   python tests/interruptible_job.py --batch CONFIG_JSON  # the batch job with the pipeline stubbed (no JAX compile)
 
 CONFIG_JSON holds out_dir, steps, and `signal_at`: the step at which the job sends itself SIGINT from inside a gc
-callback (where JAX's `_xla_gc_callback` runs and a raised KeyboardInterrupt is only printed), or -1. Each step
+callback (where JAX's `_xla_gc_callback` runs and a raised KeyboardInterrupt is only printed), or -1; with
+`signal_in="fork"` it is sent from an at-fork hook instead (as logging's, run when a subprocess starts). Each step
 prints "step I" and flushes, so the parent can also send a signal at a known point.
 """
 
@@ -37,6 +38,20 @@ def _signal_inside_gc_callback():
   gc.collect()
 
 
+def _signal_inside_fork_hook():
+  fired = []
+
+  def hook():
+    if not fired:
+      fired.append(1)
+      os.kill(os.getpid(), signal.SIGINT)
+  os.register_at_fork(after_in_parent=hook)
+  pid = os.fork()  # (the video writer's subprocess runs the at-fork hooks too)
+  if pid == 0:
+    os._exit(0)
+  os.waitpid(pid, 0)
+
+
 def run(config) -> None:
   with atomic.run_folder(config.out_dir, job="interruptible") as out:
     for i in range(config.steps):
@@ -44,7 +59,7 @@ def run(config) -> None:
       (out / f"step_{i}.txt").write_text(str(i))
       print(f"step {i}", flush=True)
       if i == config.signal_at:
-        _signal_inside_gc_callback()
+        (_signal_inside_fork_hook if config.signal_in == "fork" else _signal_inside_gc_callback)()
       time.sleep(config.sleep)
 
 
@@ -65,6 +80,7 @@ def main(argv) -> int:
   values.setdefault("job", "interruptible")
   values.setdefault("sleep", 0.05)
   values.setdefault("signal_at", -1)
+  values.setdefault("signal_in", "gc")
   return run_lib.main(["run", f"--config={_config_file(values, Path(values['out_dir']).parent)}"])
 
 

@@ -150,11 +150,13 @@ def test_the_stale_lock_message_names_the_dead_process(tmp_path, capsys):
 # Ctrl-C and SIGTERM.
 
 
-def test_ctrl_c_inside_a_gc_callback_still_stops_the_run(tmp_path):
-  """The SIGINT lands in a gc callback (as in JAX's `_xla_gc_callback`): no "Exception ignored" and going on; the
-  run stops at the next step, exit 130, NAME.interrupted/ with the step."""
+@pytest.mark.parametrize("where", ["gc", "fork"])
+def test_ctrl_c_inside_a_callback_still_stops_the_run(tmp_path, where):
+  """The SIGINT lands in a gc callback (as in JAX's `_xla_gc_callback`) or an at-fork hook (logging's, when a
+  subprocess starts): no "Exception ignored" and going on; the run stops at the next step, exit 130,
+  NAME.interrupted/ with the step."""
   out = tmp_path / "run"
-  code, err = _finish(_start(tmp_path, out_dir=str(out), steps=6, signal_at=2, sleep=0.0))
+  code, err = _finish(_start(tmp_path, out_dir=str(out), steps=6, signal_at=2, sleep=0.0, signal_in=where))
   assert code == 130, err
   assert "Exception ignored" not in err and "Traceback" not in err, err
   assert err.count("interrupted:") == 1 and "SIGINT" in err, err
@@ -228,3 +230,22 @@ def test_a_batch_rerun_redoes_a_photo_whose_file_was_replaced(tmp_path, monkeypa
   assert made == ["a", "b", "b"] and [p.stem for p in result.skipped] == ["a"], made
   assert (tmp_path / "out" / "b" / "avatar.ply").read_bytes() == b"a new photo under the old name"
   assert batch.run_batch(config, progress=False).skipped == result.mine  # unchanged now: both skipped
+
+
+def test_the_sampler_stops_at_the_step_after_a_deferred_signal(monkeypatch):
+  """A signal recorded during step 1 (deferred: it landed where raising is not safe) stops the sampler before
+  step 2, with the step reached (the steps are stubbed: the safe point is host code between them)."""
+  from splatshot_jax import guidance
+  from splatshot_jax.io import interrupt
+  from test_preflight import _stub_sampler
+  run = _stub_sampler(monkeypatch, 99, "latents")
+  step = guidance.splatshot_step
+
+  def signalled(state, t, **kw):
+    if step.calls == 1:
+      monkeypatch.setitem(interrupt._state, "signum", signal.SIGINT)  # pylint: disable=protected-access
+    return step(state, t, **kw)
+  monkeypatch.setattr(guidance, "splatshot_step", signalled)
+  with pytest.raises(interrupt.Interrupted) as e:
+    run()
+  assert (e.value.step, e.value.total, e.value.exit_code) == (2, 5, 130) and step.calls == 2

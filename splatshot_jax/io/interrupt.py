@@ -8,7 +8,9 @@
 The handler raises `Interrupted` (a KeyboardInterrupt) at once where that is safe, and always records the signal.
 Where an exception would be swallowed -- inside a garbage-collection callback such as JAX's `_xla_gc_callback`,
 or a `__del__` -- Python prints "Exception ignored in ..." and goes on; there the handler only records the signal
-and the next `check()` raises it. `io.atomic.run_folder` checks once more when its body ends, so a run that had
+and the next `check()` raises it. Other places that swallow exceptions (at-fork hooks such as logging's, run when
+a subprocess starts) cannot be told from the frame: there the raised `Interrupted` reaches `sys.unraisablehook`,
+which `handlers()` replaces to drop it silently (the signal stays recorded, so the next `check()` raises it). `io.atomic.run_folder` checks once more when its body ends, so a run that had
 no safe point left still ends as interrupted, not complete. A second signal while the first is being handled
 (the run folder being moved to NAME.interrupted/) is acknowledged, not raised into the clean-up.
 """
@@ -93,6 +95,13 @@ def _in_callback(frame) -> bool:
   return False
 
 
+def _unraisable(args) -> None:
+  if isinstance(args.exc_value, Interrupted):
+    _state["raised"] = False  # it was not delivered: the next check() (or another signal) raises it again
+    return
+  _state["hook"](args)
+
+
 def _handler(signum, frame) -> None:
   if _state["signum"] is not None:
     if _state["raised"]:
@@ -114,11 +123,13 @@ def handlers() -> Iterator[None]:
   if threading.current_thread() is not threading.main_thread():
     yield
     return
-  _state.update(signum=None, raised=False, progress=None)
+  _state.update(signum=None, raised=False, progress=None, hook=sys.unraisablehook)
   old = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
+  sys.unraisablehook = _unraisable
   try:
     yield
   finally:
     for s, h in old.items():
       signal.signal(s, h)
+    sys.unraisablehook = _state["hook"]
     _state.update(signum=None, raised=False)
