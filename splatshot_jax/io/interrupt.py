@@ -5,12 +5,11 @@
     for i, t in enumerate(timesteps):
       interrupt.check(step=i, total=len(timesteps))   # a safe point: the sampler's loop, the batch's photos
 
-The handler raises `Interrupted` (a KeyboardInterrupt) at once where that is safe, and always records the signal.
-Where an exception would be swallowed -- inside a garbage-collection callback such as JAX's `_xla_gc_callback`,
-or a `__del__` -- Python prints "Exception ignored in ..." and goes on; there the handler only records the signal
-and the next `check()` raises it. Other places that swallow exceptions (at-fork hooks such as logging's, run when
-a subprocess starts) cannot be told from the frame: there the raised `Interrupted` reaches `sys.unraisablehook`,
-which `handlers()` replaces to drop it silently (the signal stays recorded, so the next `check()` raises it). `io.atomic.run_folder` checks once more when its body ends, so a run that had
+The handler records the signal and raises `Interrupted` (a KeyboardInterrupt) at once. Where Python swallows
+exceptions -- a garbage-collection callback such as JAX's `_xla_gc_callback`, a `__del__`, an at-fork hook such
+as logging's (run when the video writer starts its subprocess) -- it would print "Exception ignored in ..." and go
+on; there the raised `Interrupted` reaches `sys.unraisablehook`, which `handlers()` replaces to drop it silently,
+and as the signal stays recorded, the next `check()` raises it again where it propagates. `io.atomic.run_folder` checks once more when its body ends, so a run that had
 no safe point left still ends as interrupted, not complete. A second signal while the first is being handled
 (the run folder being moved to NAME.interrupted/) is acknowledged, not raised into the clean-up.
 """
@@ -18,7 +17,6 @@ no safe point left still ends as interrupted, not complete. A second signal whil
 from __future__ import annotations
 
 import contextlib
-import gc
 import signal
 import sys
 import threading
@@ -85,16 +83,6 @@ def check(step: int | None = None, total: int | None = None) -> None:
     raise _interrupted()
 
 
-def _in_callback(frame) -> bool:
-  """True when `frame` runs inside a gc callback or a finaliser, where a raised exception is only printed."""
-  codes = {getattr(cb, "__code__", None) for cb in gc.callbacks}
-  while frame is not None:
-    if frame.f_code in codes or frame.f_code.co_name in ("__del__", "_xla_gc_callback"):
-      return True
-    frame = frame.f_back
-  return False
-
-
 def _unraisable(args) -> None:
   if isinstance(args.exc_value, Interrupted):
     _state["raised"] = False  # it was not delivered: the next check() (or another signal) raises it again
@@ -111,9 +99,8 @@ def _handler(signum, frame) -> None:
   else:
     _state["signum"] = signum
     print(f"\n{signal_name(signum)} received: stopping", file=sys.stderr, flush=True)
-  if _in_callback(frame):
-    return  # raised at the next check(): an exception here would be printed and ignored
-  raise _interrupted()
+  del frame
+  raise _interrupted()  # if a callback swallows it, _unraisable drops it and the next check() raises it again
 
 
 @contextlib.contextmanager
