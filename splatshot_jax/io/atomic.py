@@ -78,24 +78,26 @@ class RunLockedError(RunFolderError):
     super().__init__(message)
 
 
+def _sibling(path: str | os.PathLike, pattern: str) -> Path:
+  """The folder beside `path` named `pattern` with {} replaced by its name."""
+  p = Path(path)
+  return p.with_name(pattern.format(p.name))
+
+
 def partial_dir(out_dir: str | os.PathLike) -> Path:
-  out = Path(out_dir)
-  return out.with_name(f".{out.name}.partial")
+  return _sibling(out_dir, ".{}.partial")
 
 
 def failed_dir(out_dir: str | os.PathLike) -> Path:
-  out = Path(out_dir)
-  return out.with_name(f"{out.name}.failed")
+  return _sibling(out_dir, "{}.failed")
 
 
 def interrupted_dir(out_dir: str | os.PathLike) -> Path:
-  out = Path(out_dir)
-  return out.with_name(f"{out.name}.interrupted")
+  return _sibling(out_dir, "{}.interrupted")
 
 
 def lock_path(target: str | os.PathLike) -> Path:
-  t = Path(target)
-  return t.with_name(f".{t.name}.lock")
+  return _sibling(target, ".{}.lock")
 
 
 def run_state(out_dir: str | os.PathLike) -> dict | None:
