@@ -249,3 +249,18 @@ def test_the_sampler_stops_at_the_step_after_a_deferred_signal(monkeypatch):
   with pytest.raises(interrupt.Interrupted) as e:
     run()
   assert (e.value.step, e.value.total, e.value.exit_code) == (2, 5, 130) and step.calls == 2
+
+
+def test_a_second_signal_during_the_clean_up_is_acknowledged_not_raised(capsys):
+  """Once Interrupted is on its way (the run folder being moved to NAME.interrupted), another Ctrl-C must not raise
+  into the clean-up (that ended runs with a SystemError and RUN.json "failed")."""
+  from splatshot_jax.io import interrupt
+  with interrupt.handlers():
+    with pytest.raises(interrupt.Interrupted):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(5)  # the handler raises at the next bytecode
+    os.kill(os.getpid(), signal.SIGINT)  # during the "clean-up": acknowledged only
+    time.sleep(0.05)
+    with pytest.raises(interrupt.Interrupted):  # and the next safe point still raises
+      interrupt.check()
+  assert "again: already stopping" in capsys.readouterr().err
