@@ -5,9 +5,13 @@ With no --config, the default config is the README's install check. Each job mod
 directly (`python -m experiments.build_template --config=...`); its default config is its own.
 Both set up the persistent compilation cache first (`config.compilation_cache`, `splatshot_jax.device.compile_cache`).
 
-Mistakes in the inputs (an unknown config key, a bad value, a missing or broken file) are printed as
-one message listing every problem, exit code 2; `--debug` (or SPLATSHOT_DEBUG=1) adds the traceback.
-Anything else is a bug and keeps its traceback.
+Mistakes in the inputs (an unknown config key, a bad value, a missing or broken file, a config file that does not
+import or whose get_config raises) are printed as one message listing every problem, exit code 2; `--debug` (or
+SPLATSHOT_DEBUG=1) adds the traceback. Anything else is a bug and keeps its traceback.
+
+Ctrl-C (SIGINT) and SIGTERM end the job promptly at any point (`splatshot_jax.io.interrupt`): the run folder
+becomes NAME.interrupted/ (RUN.json "interrupted", with the step reached), a batch rebuilds its tables, and the
+job prints one line and exits with 130 (SIGINT) or 143 (SIGTERM).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import signal
 import sys
 import traceback
 
@@ -25,6 +30,7 @@ from ml_collections.config_flags import config_flags as config_flags_impl
 from splatshot_jax.device import compile_cache
 from splatshot_jax import errors
 from splatshot_jax.errors import Problem
+from splatshot_jax.io import interrupt
 
 DEFAULT_CONFIG = "configs/splatshot_sd15.py:smoke"
 
@@ -60,6 +66,11 @@ class _CheckedConfigFile(config_flags_impl.ConfigFileFlagParser):
     except (TypeError, ValueError) as e:  # get_config raised (e.g. an unknown ':arg')
       last = [line for line in str(e).splitlines() if line.strip()][-1]
       raise errors.UserInputError([Problem("--config", last, path)], "cannot load the config") from e
+    except errors.UserError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (the file does not import, or get_config raised)
+      raise errors.UserInputError([Problem("--config", _config_file_error(e, path), path)],
+                                  "cannot load the config") from e
     if type(config).__name__ == "_ErrorConfig":  # ml_collections defers a missing file's IOError
       err = object.__getattribute__(config, "_error")
       raise errors.UserInputError([Problem("--config", f"cannot read the config file ({err})", path)],
@@ -68,6 +79,17 @@ class _CheckedConfigFile(config_flags_impl.ConfigFileFlagParser):
     overrides = [m.group(1) for a in self._argv[1:] if (m := _OVERRIDE_ARG.match(a))]
     errors.raise_if_problems(preflight.check_override_keys(config, overrides), "bad command line")
     return config
+
+
+def _config_file_error(e: Exception, path: str) -> str:
+  """What went wrong in a config file, with the line of the file where it happened."""
+  file = path.split(":", 1)[0]
+  if isinstance(e, SyntaxError):
+    return f"does not import: {e.msg} at line {e.lineno}" + (f": {e.text.strip()}" if e.text else "")
+  lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) ==
+           os.path.abspath(file)]
+  where = f" (line {lines[-1]} of the file)" if lines else ""
+  return f"loading it raised {type(e).__name__}: {e}{where}"
 
 
 def parse_config(argv: list[str], default_config: str = DEFAULT_CONFIG):
@@ -107,6 +129,11 @@ def main(argv: list[str] | None = None, default_config: str = DEFAULT_CONFIG, *,
   such as a test keeps its own JAX settings).
   """
   debug, argv = _debug_wanted(list(sys.argv if argv is None else argv))
+  with interrupt.handlers():
+    return _main(argv, default_config, debug, compilation_cache)
+
+
+def _main(argv, default_config, debug, compilation_cache) -> int:
   try:
     config = parse_config(argv, default_config)
     job = config.get("job")
@@ -124,6 +151,13 @@ def main(argv: list[str] | None = None, default_config: str = DEFAULT_CONFIG, *,
     if not debug:
       print("(run with --debug or SPLATSHOT_DEBUG=1 to see the traceback)", file=sys.stderr)
     return errors.EXIT_USER_ERROR
+  except KeyboardInterrupt as e:  # interrupt.Interrupted, or a Ctrl-C that came before the handlers
+    if debug:
+      traceback.print_exc()
+    if not isinstance(e, interrupt.Interrupted):
+      e = interrupt.Interrupted(signal.SIGINT)
+    print(f"interrupted: {e.describe()}; rerun the same command to start again", file=sys.stderr)
+    return e.exit_code
   return 0
 
 

@@ -12,7 +12,7 @@ completes (`io.atomic.run_folder`); a failed run (e.g. values that became NaN) l
 from __future__ import annotations
 
 from configs import splatshot_sd15
-from splatshot_jax.jobs import pipeline
+from splatshot_jax.jobs import inputs, pipeline
 from splatshot_jax.io import atomic
 
 
@@ -22,9 +22,11 @@ def run(config) -> dict:
           "design (give --config.weights and --config.photo for a real run)")
   # Every input (weights, photo, template, values, out_dir) before any model is built: all problems at once.
   photo = pipeline.check_inputs(config, reference=splatshot_sd15.get_config())
-  session = pipeline.load_session(config)
-  with atomic.run_folder(config.out_dir, job="splatshot") as out:
-    return pipeline.run_photo(session, config, photo, out)
+  info = {"photo": config.photo, "photo_sha256": inputs.photo_digest(config.photo)} if config.photo else {}
+  with atomic.run_lock(config.out_dir):  # one writer per out_dir, taken before the models load
+    session = pipeline.load_session(config)
+    with atomic.run_folder(config.out_dir, job="splatshot", info=info) as out:
+      return pipeline.run_photo(session, config, photo, out)
 
 
 if __name__ == "__main__":

@@ -8,16 +8,18 @@ Cameras to jump to come from beside the .ply when present: a run's cameras.json,
 folder (meta.json + view_NNN.npz), a nerfstudio transforms.json or a COLMAP sparse/0; otherwise a
 ring of 8 cameras around the Gaussians. avatar.ply and gaussians.ply get viewer.html, any other
 NAME.ply gets NAME_viewer.html (so a run's base.ply gets base_viewer.html, as write_outputs does).
+A file that is not a readable 3DGS PLY (or an unreadable camera file beside it) is one message, exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from splatshot_jax.jobs import outputs
-from splatshot_jax import viewer
+from splatshot_jax import errors, viewer
 from splatshot_jax.cameras import CameraFormatError, load_multiview
 from splatshot_jax.io import ply
 
@@ -48,6 +50,8 @@ def main(argv=None) -> Path:
   parser.add_argument("--size", default="800,600", help="screenshot window W,H")
   args = parser.parse_args(argv)
 
+  if not args.ply.is_file():
+    raise ply.PlyError(f"{args.ply}: {'is a folder' if args.ply.is_dir() else 'no such file'}; expected a 3DGS .ply")
   g = ply.read_gaussians(args.ply)
   bg = tuple(float(v) for v in args.background.split(","))
   if len(bg) != 3:
@@ -69,5 +73,15 @@ def main(argv=None) -> Path:
   return out
 
 
+def launch(argv=None) -> int:
+  """main() for the command line: a user error (bad PLY, bad camera file) is one message and exit code 2."""
+  try:
+    main(argv)
+  except (errors.UserError, OSError, ValueError) as e:  # ValueError: a malformed cameras.json beside the .ply
+    print(f"error: {e}", file=sys.stderr)
+    return errors.EXIT_USER_ERROR
+  return 0
+
+
 if __name__ == "__main__":
-  main()
+  sys.exit(launch())

@@ -20,6 +20,7 @@ from flax import struct
 
 from splatshot_jax import errors, guidance
 from splatshot_jax.diffusion import ddim
+from splatshot_jax.io import interrupt
 
 Pytree = Any
 
@@ -208,6 +209,7 @@ def run_splatshot(
     steps = tqdm(steps, total=len(timesteps), desc="splatshot", unit="step", leave=None)
   x0s, renders, losses, shifts = [], [], [], []
   for i, t in steps:
+    interrupt.check(step=i, total=len(timesteps))  # Ctrl-C / SIGTERM stop the run here (io/interrupt.py)
     state, aux = guidance.splatshot_step(
         state, jnp.int32(t), prior=prior, schedule=schedule, cameras=template.cameras, cond_photo=photo_cond,
         cond_template=template_cond, scene=scene, cfg=gcfg,

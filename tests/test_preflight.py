@@ -366,13 +366,15 @@ def test_interrupted_run_never_looks_finished_and_a_rerun_replaces_it(tmp_path):
       assert atomic.run_state(part)["status"] == "running"
       raise KeyboardInterrupt
   assert not out.exists() and not atomic.is_finished(out)
-  failed = atomic.failed_dir(out)
+  failed = atomic.interrupted_dir(out)
   assert (failed / "avatar.ply").exists() and atomic.run_state(failed)["status"] == "interrupted"
-  # A killed run (no exception handler ran) leaves only the hidden partial folder: replaced by the next run.
+  # A killed run (no exception handler ran) leaves only the hidden partial folder: the next run moves it to
+  # NAME.interrupted (kept until a run completes), and starts clean.
   atomic.partial_dir(out).mkdir()
   (atomic.partial_dir(out) / "stale.png").write_text("x")
+  (atomic.partial_dir(out) / atomic.RUN_FILE).write_text(json.dumps({"status": "running", "pid": 1}))
   with atomic.run_folder(out, job="test") as part:
-    assert not (part / "stale.png").exists()
+    assert not (part / "stale.png").exists() and (failed / "stale.png").exists()
     (part / "avatar.ply").write_text("whole")
   assert atomic.is_finished(out) and (out / "avatar.ply").read_text() == "whole"
   assert not atomic.partial_dir(out).exists() and not failed.exists()

@@ -5,11 +5,15 @@
   OUT/<photo stem>/        the single run's outputs (`pipeline.run_photo`) and batch.json; it appears, with
                            RUN.json "complete", only when the photo finished (`io.atomic.run_folder`)
   OUT/<photo stem>.failed/ what a failed photo had written, and failure.json: why (no face, unreadable, ...)
+  OUT/<photo stem>.interrupted/  what the photo that Ctrl-C / SIGTERM cut had written (RUN.json: the step reached)
   OUT/failures.json        every failed photo of the batch with its error
   OUT/summary.csv          one row per photo: status, seconds, compilations, template, discrepancy, identity
 
-A photo is finished when `io.atomic.is_finished` says so (its folder's RUN.json, written last, is "complete"): a
-rerun skips it and redoes every other photo. Each photo gets the single run's own checks first
+A photo is finished when `io.atomic.is_finished` says so (its folder's RUN.json, written last, is "complete") and
+the photo's content hash recorded there (`photo_sha256`) is that of the file now: a rerun skips it and redoes every
+other photo, including one whose file was replaced under the same name. Each shard of OUT has one writer
+(`io.atomic.run_lock` on OUT/.batch-shard-I-of-N.lock) and each photo folder its own lock. Ctrl-C / SIGTERM stop the
+batch in the photo that runs: it is recorded as interrupted, the tables are rebuilt, and the job exits 130 / 143. Each photo gets the single run's own checks first
 (`pipeline.check_inputs` = `preflight.check_splatshot`). `config.shard = "i/n"` runs every n-th photo of the sorted list from the
 i-th; by default (jax.process_index(), jax.process_count()) in a multi-host JAX job, or the task's place in a SLURM
 job array, so one command serves every host or task.
@@ -26,7 +30,6 @@ import glob
 import json
 import os
 import re
-import shutil
 import time
 import traceback
 from pathlib import Path
@@ -35,8 +38,8 @@ import jax
 import numpy as np
 
 from splatshot_jax import errors
-from splatshot_jax.jobs import outputs, pipeline, preflight
-from splatshot_jax.io import atomic
+from splatshot_jax.jobs import inputs, outputs, pipeline, preflight
+from splatshot_jax.io import atomic, interrupt
 from splatshot_jax.io.atomic import atomic_path
 from splatshot_jax.jobs.inputs import IMAGE_EXTENSIONS, BatchError, list_photos, parse_shard, shard_photos  # noqa: F401
 
@@ -56,6 +59,15 @@ def is_finished(folder: Path) -> bool:
 
 def failure_file(folder: Path) -> Path:
   return atomic.failed_dir(folder) / FAILURE
+
+
+def finished_photo(folder: Path, digest: str) -> bool | None:
+  """True: finished from this very photo; False: not finished, or finished from another file (a replaced photo);
+  None: finished by a run that recorded no content hash (before hashes were recorded): skipped by name."""
+  if not is_finished(folder):
+    return False
+  recorded = (atomic.run_state(folder) or {}).get("photo_sha256")
+  return None if recorded is None else recorded == digest
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,12 +136,39 @@ def run_batch(config, *, progress: bool = True, reference=None) -> BatchResult:
   mine = shard_photos(photos, index, count)
   out = Path(config.out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  skipped = [p for p in mine if is_finished(photo_folder(out, p))]
-  todo = [p for p in mine if p not in skipped]
-  print(f"batch: {len(photos)} photos, shard {index}/{count} has {len(mine)}: {len(skipped)} finished before, "
+  with atomic.run_lock(out / f"batch-shard-{index}-of-{count}", what="batch shard"):
+    return _run_shard(config, photos, (index, count), mine, out, progress=progress, reference=reference)
+
+
+def _run_shard(config, photos, shard, mine, out: Path, *, progress: bool, reference) -> BatchResult:
+  digests = {}
+  for p in mine:
+    try:
+      digests[p] = inputs.photo_digest(p)
+    except OSError:
+      digests[p] = ""  # unreadable: its own check reports it in its turn
+  done = {p: finished_photo(photo_folder(out, p), digests[p]) for p in mine}
+  skipped = [p for p in mine if done[p] is not False]
+  todo = [p for p in mine if done[p] is False]
+  replaced = [p for p in todo if is_finished(photo_folder(out, p))]
+  print(f"batch: {len(photos)} photos, shard {shard[0]}/{shard[1]} has {len(mine)}: {len(skipped)} finished before, "
         f"{len(todo)} to run -> {out}")
-  result = BatchResult(photos=photos, shard=(index, count), mine=mine, skipped=skipped, finished=[], failed={},
+  if replaced:
+    print(f"batch: {len(replaced)} photo(s) changed since their avatar was made, redone: "
+          f"{', '.join(p.name for p in replaced)}")
+  legacy = [p for p in skipped if done[p] is None]
+  if legacy:
+    print(f"batch: {len(legacy)} finished photo(s) have no recorded content hash (older runs): skipped by name")
+  result = BatchResult(photos=photos, shard=shard, mine=mine, skipped=skipped, finished=[], failed={},
                        compilations={})
+  try:
+    _run_photos(config, todo, out, digests, result, progress=progress, reference=reference)
+  finally:  # also when Ctrl-C / SIGTERM cut a photo: the tables say which
+    write_tables(out, photos)
+  return result
+
+
+def _run_photos(config, todo, out: Path, digests, result: BatchResult, *, progress: bool, reference) -> None:
   if todo:
     compilation_count()  # start listening before anything compiles
     session = pipeline.load_session(config, progress=progress)
@@ -140,27 +179,37 @@ def run_batch(config, *, progress: bool = True, reference=None) -> BatchResult:
       bar.set_postfix_str(photo.name)
       folder = photo_folder(out, photo)
       c = photo_config(config, photo, folder)
+      if is_finished(folder):  # finished from an older file of the same name (the skip rule let it through)
+        c.overwrite = True
+      info = {"photo": str(photo), "photo_sha256": digests[photo]}
       before, t0 = compilation_count(), time.time()
       try:
+        interrupt.check()
         image = pipeline.check_inputs(c, reference=reference)  # the single run's own checks, per photo
-        with atomic.run_folder(folder, job="batch") as part:  # renamed to folder, RUN.json complete, at the end
+        with atomic.run_folder(folder, job="batch", info=info) as part:  # renamed to folder at the end
           pipeline.run_photo(session, c, image, part, log=log)
           outputs.write_json(part / INFO, {"photo": str(photo), "seconds": round(time.time() - t0, 1),
                                            "compilations": compilation_count() - before})
+      except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM: this photo is cut, the batch stops (tables rebuilt)
+        if isinstance(e, interrupt.Interrupted):
+          e.where = f"photo {photo.name} of the batch (its folder: {atomic.interrupted_dir(folder).name})"
+        atomic.remove_run_folder(atomic.failed_dir(folder))
+        raise
       except Exception as e:  # pylint: disable=broad-except  (one bad photo must not stop the batch)
         error = f"{type(e).__name__}: {e}"
         result.failed[str(photo)] = error
-        outputs.write_json(failure_file(folder), {"photo": str(photo), "type": type(e).__name__, "error": str(e),
-                                                  "traceback": traceback.format_exc(limit=8)})
+        failed = atomic.failed_dir(folder)
+        if not atomic.is_run_folder(failed):  # failed before its run folder existed (its checks)
+          failed = atomic.record_failure(folder, job="batch", error=error, info=info)
+        outputs.write_json(failed / FAILURE, {"photo": str(photo), "type": type(e).__name__, "error": str(e),
+                                              "traceback": traceback.format_exc(limit=8)})
+        atomic.remove_run_folder(atomic.interrupted_dir(folder))
         log(f"{photo.name}: failed, {error}")
         continue
       finally:
         result.compilations[str(photo)] = compilation_count() - before
-      shutil.rmtree(atomic.failed_dir(folder), ignore_errors=True)  # an earlier attempt's failure is history
       result.finished.append(photo)
     bar.close()
-  write_tables(out, photos)
-  return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,6 +239,10 @@ def photo_row(out_dir, photo: Path) -> dict:
   elif failure_file(folder).is_file():
     failure = _read_json(failure_file(folder))
     row.update(status="failed", error=f"{failure.get('type', '')}: {failure.get('error', '')}")
+  elif (cut := atomic.run_state(atomic.interrupted_dir(folder))) is not None:
+    step = cut.get("step")
+    row.update(status="interrupted", error=f"{cut.get('signal') or 'interrupted'}"
+               + (f" at step {step}" + (f" of {cut['steps']}" if cut.get("steps") else "") if step is not None else ""))
   else:
     row["status"] = "pending"
   return row

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -154,6 +155,16 @@ def parse_shard(shard: str, environ=None) -> tuple[int, int]:
     raise BatchError(f"config.shard={shard!r}: expected 'i/n' with 0 <= i < n (e.g. '0/4'), or '' for "
                      "(jax.process_index(), jax.process_count()) or the SLURM array task")
   return int(m[1]), int(m[2])
+
+
+def photo_digest(path) -> str:
+  """sha256 of a photo's bytes: a run records it (RUN.json "photo_sha256") so a batch rerun redoes a photo whose
+  file was replaced under the same name."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
 
 
 def shard_photos(photos: list[Path], index: int, count: int) -> list[Path]:

@@ -17,6 +17,7 @@ import difflib
 import json
 import math
 import os
+import shutil
 import struct
 import tempfile
 import zipfile
@@ -171,27 +172,29 @@ def _common_fit_values(v: _Values) -> None:
 # Files.
 
 
-def check_out_dir(out_dir: str, overwrite: bool = False, field: str = "config.out_dir") -> list[Problem]:
-  """out_dir can be created and written, is not a file, and is not a finished run (unless overwrite).
+def check_out_dir(out_dir: str, overwrite: bool = False, field: str = "config.out_dir", *, replaced: bool = True
+                  ) -> list[Problem]:
+  """out_dir can be created and written, is not a file, is not a finished run (unless overwrite), holds nothing a
+  run did not write, is no mount point, and no live process is writing it. `replaced=False` (a batch's OUT, which
+  holds the photos' run folders and is never replaced itself): only a folder that can be created and written.
 
   A run writes a sibling folder and renames it into place (io.atomic.run_folder), so the nearest
   existing ancestor must be a writable folder; an existing out_dir is replaced at the end only when
-  it is a run folder (finished: with overwrite) or empty.
+  it is a run folder of this project (finished: with overwrite) or empty (`io.atomic.replace_refusal`).
   """
   if not out_dir:
     return [Problem(field, "is empty: give the folder the outputs go to")]
   out = Path(out_dir).expanduser()
   if out.is_file() or (out.exists() and not out.is_dir()):
     return [Problem(field, "is a file, expected a folder (or a path where one can be created)", str(out))]
-  if out.is_dir():
+  if replaced and (reason := atomic.replace_refusal(out)):
+    return [Problem(field, reason, str(out))]
+  if replaced and out.is_dir():
     state = atomic.run_state(out)
     if state is not None and state.get("status") == "complete" and not overwrite:
       return [Problem(field, "holds a finished run; pass --config.overwrite=True to replace it, or choose "
                              "another out_dir", str(out))]
-    if state is None and any(out.iterdir()) and not overwrite:
-      return [Problem(field, f"exists, is not empty and is not a run folder (no {atomic.RUN_FILE}); refusing to "
-                             "replace it: choose a new or empty folder, or pass --config.overwrite=True",
-                      str(out))]
+  problems = check_run_lock(out, field) if replaced else []
   ancestor = out.parent
   while not ancestor.exists() and ancestor != ancestor.parent:
     ancestor = ancestor.parent
@@ -201,7 +204,7 @@ def check_out_dir(out_dir: str, overwrite: bool = False, field: str = "config.ou
     tempfile.TemporaryDirectory(dir=ancestor, prefix=".splatshot-probe-").cleanup()
   except OSError as e:
     return [Problem(field, f"cannot be created: {ancestor} is not writable ({e.strerror})", str(out))]
-  return []
+  return problems
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -267,7 +270,8 @@ def check_weights(config) -> list[Problem]:
     return [Problem("config.weights", "is empty: give the folder that holds the checkpoints (or "
                                       f"--config.weights={inputs.RANDOM_TINY} for the install check)")]
   paths, wanted = inputs.weight_paths(config.sd, config.weights)
-  missing = [f"  {what}: {path}" for what, path in wanted if not path.exists()]
+  # A dangling link or a link loop is there but not readable: check_weight_files names it.
+  missing = [f"  {what}: {path}" for what, path in wanted if not path.exists() and not path.is_symlink()]
   problems = []
   if missing:
     problems.append(Problem("config.weights", inputs.missing_weights_message(config.weights, missing)))
@@ -284,9 +288,8 @@ def check_weights(config) -> list[Problem]:
       folders.append((f"config.sd.base ({sub})", base / sub, stems))
     if paths.vae is None:
       folders.append(("config.sd.base (vae)", base / "vae", loading.DIFFUSERS_STEMS))
-    for name in ("vocab.json", "merges.txt"):
-      if not (base / "tokenizer" / name).is_file():
-        problems.append(Problem("config.sd.base (tokenizer)", "file not found", str(base / "tokenizer" / name)))
+    if (err := tokenizer_problem(base / "tokenizer")):
+      problems.append(Problem("config.sd.base (tokenizer)", err, str(base / "tokenizer")))
     if (base / "scheduler" / "scheduler_config.json").is_file():
       if (err := _json_problem(base / "scheduler" / "scheduler_config.json")):
         problems.append(Problem("config.sd.base (scheduler)", err, str(base / "scheduler/scheduler_config.json")))
@@ -354,6 +357,9 @@ def check_template(config) -> tuple[list[Problem], list[int]]:
     hint = inputs.template_hint(folder)
     problems += [Problem("config.template", f + (hint if i == 0 else "")) for i, f in enumerate(found)]
     if parts is not None:
+      problems += [Problem("config.template", m) for m in gaussian_problems(folder, parts["gaussians"],
+                                                                             parts["data"].cameras)]
+    if parts is not None:
       counts.append(len(parts["data"]))
       names.append(parts["manifest"]["name"] if parts["manifest"] else
                    str(parts["meta"].get("template") or folder.name))
@@ -380,6 +386,322 @@ def check_data(field: str, path: str) -> list[Problem]:
   except (cam_lib.CameraFormatError, image_io.ImageError, OSError, ValueError) as e:
     return [Problem(field, str(e))]
   return [Problem(field, m) for m in templates.camera_problems(p, data.cameras)]
+
+
+# ---------------------------------------------------------------------------------------------
+# What passes a glance and fails late: file kinds, weight shapes, template values, disk, locks, run length.
+
+UNET_IN_CHANNELS = 4  # SD-1.5's text-to-image UNet (an inpainting UNet has 9: latents + mask + masked image)
+CROSS_ATTENTION_DIM = 768  # SD-1.x (SD-2.x: 1024, SDXL: 2048); the ControlNets and IP-Adapter are SD-1.5's
+IP_ADAPTER_TOKENS = 16  # IP-Adapter-Plus(-Face): a Resampler with 16 query tokens
+MAX_SAMPLER_STEPS = 1000  # the DDIM grid is a subset of SD's 1000 training timesteps
+MAX_ITERATIONS = 200_000  # refit or fit iterations of one run (the paper's run: 1000 + 12 x 500)
+MIN_SECONDS_PER_ITERATION = 1e-3  # a lower bound for one refit/fit iteration (no GPU is faster): the ETA's floor
+SCALE_RANGE = (1e-7, 1e3)  # a Gaussian's standard deviation, in units of the rig's distance to the head
+
+
+def path_kind_problem(path: Path, expected: str = "file") -> str | None:
+  """What is wrong with `path` being there as a regular file (or folder, expected="folder"): a symlink loop, a
+  dangling link, a folder or FIFO where a file belongs. None when it is fine or simply absent."""
+  import errno  # pylint: disable=import-outside-toplevel
+  import stat  # pylint: disable=import-outside-toplevel
+  try:
+    st = os.stat(path)
+  except OSError as e:
+    if e.errno == errno.ELOOP:
+      return "is a symbolic link loop (it points back to itself)"
+    if e.errno == errno.ENOENT:
+      if os.path.islink(path):
+        return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+      return None
+    return f"cannot be read ({e.strerror})"
+  if expected == "folder":
+    return None if stat.S_ISDIR(st.st_mode) else "is not a folder"
+  if stat.S_ISDIR(st.st_mode):
+    return "is a directory, expected a file"
+  if stat.S_ISFIFO(st.st_mode):
+    return "is a FIFO (named pipe), expected a regular file"
+  if not stat.S_ISREG(st.st_mode):
+    return "is a special file (socket or device), expected a regular file"
+  return None
+
+
+def _read_json_file(path: Path) -> dict:
+  try:
+    d = json.loads(path.read_text()) if path.is_file() else {}
+  except (OSError, ValueError):
+    return {}
+  return d if isinstance(d, dict) else {}
+
+
+def check_weight_files(config) -> list[Problem]:
+  """Every weights path and component file is a regular file (not a folder, FIFO, dangling link or link loop)."""
+  from splatshot_jax.diffusion import loading  # pylint: disable=import-outside-toplevel
+  paths, wanted = inputs.weight_paths(config.sd, config.weights)
+  problems = [Problem(field.split(" (")[0], err, str(path)) for field, path in wanted
+              if (err := path_kind_problem(path))]
+  folders = [paths.base / "unet", paths.base / "vae", paths.base / "text_encoder", paths.image_encoder,
+             *paths.controlnets] + ([paths.vae] if paths.vae is not None else [])
+  for folder in folders:
+    for name in ["config.json"] + [f"{stem}{var}{ext}" for stem in loading.DIFFUSERS_STEMS + loading.TRANSFORMERS_STEMS
+                                   for var in ("", ".fp16") for ext in (".safetensors", ".bin")]:
+      if (folder / name) not in dict(wanted).values() and (err := path_kind_problem(folder / name)):
+        problems.append(Problem("config.weights", err, str(folder / name)))
+  tok = paths.base / "tokenizer"
+  for name in ("vocab.json", "merges.txt", "tokenizer.json"):
+    if (err := path_kind_problem(tok / name)):
+      problems.append(Problem("config.sd.base (tokenizer)", err, str(tok / name)))
+  return problems
+
+
+def tokenizer_problem(folder: Path) -> str | None:
+  """A CLIP tokenizer folder has vocab.json + merges.txt, or tokenizer.json alone (what transformers saves now)."""
+  if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+    return None
+  if (folder / "tokenizer.json").is_file():
+    model = _read_json_file(folder / "tokenizer.json").get("model")
+    if not isinstance(model, dict) or "vocab" not in model or "merges" not in model:
+      return "tokenizer.json has no BPE model (model.vocab and model.merges)"
+    return None
+  return "found neither vocab.json + merges.txt nor tokenizer.json"
+
+
+def _shapes(path: Path) -> tuple[dict | None, str | None]:
+  from splatshot_jax.diffusion import headers  # pylint: disable=import-outside-toplevel
+  try:
+    return headers.tensor_shapes(path), None
+  except headers.HeaderError as e:
+    return None, str(e).replace(f"{path}: ", "")
+
+
+def _first(shapes: dict, suffix: str):
+  return next((v for k, v in sorted(shapes.items()) if k.endswith(suffix)), None)
+
+
+_TO_K = "attentions.0.transformer_blocks.0.attn2.to_k.weight"
+
+
+def unet_problems(cfg: dict, shapes: dict | None, what: str = "UNet") -> list[str]:
+  """An SD-1.5 text-to-image UNet / ControlNet: config.json values and the header's shapes against them."""
+  out = []
+  sdxl = (cfg.get("cross_attention_dim") == 2048 or cfg.get("addition_embed_type") == "text_time"
+          or any(k.startswith("add_embedding.") for k in shapes or {}))
+  if sdxl:
+    return [f"this {what} is an SDXL one (cross-attention 2048, text_time embedding); SplatShot needs SD-1.5's "
+            f"(cross-attention {CROSS_ATTENTION_DIM}"
+            + (", e.g. lllyasviel/control_v11p_sd15_openpose)" if what == "ControlNet" else ")")]
+  c_in, cross = cfg.get("in_channels"), cfg.get("cross_attention_dim")
+  if c_in == 9:
+    out.append(f"an inpainting {what} (in_channels 9: latents + mask + masked image); SplatShot needs the "
+               f"text-to-image one (in_channels {UNET_IN_CHANNELS})")
+  elif isinstance(c_in, int) and c_in != UNET_IN_CHANNELS:
+    out.append(f"config.json says in_channels {c_in}; expected {UNET_IN_CHANNELS} (SD-1.5's latents)")
+  if isinstance(cross, int) and cross != CROSS_ATTENTION_DIM:
+    kind = {1024: " (SD-2.x)", 2048: " (SDXL)"}.get(cross, "")
+    out.append(f"config.json says cross_attention_dim {cross}{kind}; expected {CROSS_ATTENTION_DIM} (SD-1.x)")
+  if shapes:
+    conv, to_k = shapes.get("conv_in.weight"), _first(shapes, _TO_K)
+    if conv is not None and len(conv) == 4 and isinstance(c_in, int) and conv[1] != c_in:
+      out.append(f"the weights' header disagrees with config.json: conv_in.weight has {conv[1]} input channels, "
+                 f"config.json says in_channels {c_in} (weights and config.json of different models?)")
+    blocks = cfg.get("block_out_channels")
+    if conv is not None and isinstance(blocks, list) and blocks and conv[0] != blocks[0]:
+      out.append(f"the weights' header disagrees with config.json: conv_in.weight has {conv[0]} output channels, "
+                 f"config.json's block_out_channels starts with {blocks[0]}")
+    if to_k is not None and len(to_k) == 2 and isinstance(cross, int) and to_k[1] != cross:
+      out.append(f"the weights' header disagrees with config.json: attn2.to_k takes {to_k[1]}-d text features, "
+                 f"config.json says cross_attention_dim {cross}")
+  return out
+
+
+def ip_adapter_problems(shapes: dict) -> list[str]:
+  """An IP-Adapter-Plus(-Face) for SD-1.5: a Resampler (image_proj.latents, proj_in, proj_out) with 16 tokens of
+  768 and to_k_ip / to_v_ip of 768-d inputs."""
+  proj = {k.split("image_proj.", 1)[1]: v for k, v in shapes.items() if k.startswith("image_proj.")}
+  if not shapes:
+    return []  # no tensors at all: the loader names what is missing
+  if not proj:
+    return ["holds no image_proj weights (an IP-Adapter file holds image_proj and ip_adapter)"]
+  if "proj.weight" in proj and "latents" not in proj:
+    return ["is a base IP-Adapter (image_proj.proj: 4 tokens from the pooled image embedding); SplatShot uses "
+            "IP-Adapter-Plus-Face (a Resampler: image_proj.latents, proj_in, proj_out; 16 tokens), e.g. "
+            "ip-adapter-plus-face_sd15.bin"]
+  missing = [k for k in ("latents", "proj_in.weight", "proj_out.weight") if k not in proj]
+  if missing:
+    return [f"is not an IP-Adapter-Plus(-Face): image_proj lacks {', '.join(missing)} (keys: "
+            f"{', '.join(sorted(proj)[:4])} ...)"]
+  out = []
+  latents, proj_out = proj["latents"], proj["proj_out.weight"]
+  if len(latents) == 3 and latents[1] != IP_ADAPTER_TOKENS:
+    out.append(f"image_proj.latents has {latents[1]} tokens; IP-Adapter-Plus-Face has {IP_ADAPTER_TOKENS}")
+  if proj_out and proj_out[0] != CROSS_ATTENTION_DIM:
+    out.append(f"image_proj.proj_out gives {proj_out[0]}-d tokens; SD-1.5's cross-attention takes "
+               f"{CROSS_ATTENTION_DIM} (an SDXL IP-Adapter?)")
+  to_k = next((v for k, v in sorted(shapes.items()) if k.endswith("to_k_ip.weight")), None)
+  if to_k is not None and len(to_k) == 2 and to_k[1] != CROSS_ATTENTION_DIM:
+    out.append(f"to_k_ip takes {to_k[1]}-d tokens; expected {CROSS_ATTENTION_DIM}")
+  return out
+
+
+def check_weight_shapes(config) -> list[Problem]:
+  """Header shapes (no tensors read) against each module's config.json: the UNet (SD-1.5 text-to-image, not
+  inpainting), each ControlNet (SD-1.x, not SDXL), the IP-Adapter (Plus-Face), and zip .bin members."""
+  from splatshot_jax.diffusion import loading  # pylint: disable=import-outside-toplevel
+  paths, _ = inputs.weight_paths(config.sd, config.weights)
+  problems = []
+  modules = [("config.sd.base (unet)", paths.base / "unet", "UNet")]
+  modules += [(f"config.sd.controlnets[{i}]", c, "ControlNet") for i, c in enumerate(paths.controlnets)]
+  for field, folder, what in modules:
+    try:
+      wfile = loading.find_weights(folder, loading.DIFFUSERS_STEMS)
+    except loading.CheckpointError:
+      continue  # check_weights reports it
+    shapes, err = _shapes(wfile)
+    if err:
+      problems.append(Problem(field, err, str(wfile)))
+    problems += [Problem(field, m, str(folder)) for m in unet_problems(_read_json_file(folder / "config.json"),
+                                                                       shapes, what)]
+  if paths.ip_adapter is not None and paths.ip_adapter.is_file():
+    shapes, err = _shapes(paths.ip_adapter)
+    if err:
+      problems.append(Problem("config.sd.ip_adapter", err, str(paths.ip_adapter)))
+    elif shapes is not None:
+      problems += [Problem("config.sd.ip_adapter", m, str(paths.ip_adapter)) for m in ip_adapter_problems(shapes)]
+  return problems
+
+
+def gaussian_problems(folder, g, cameras) -> list[str]:
+  """A template's Gaussians are usable: non-zero quaternions, standard deviations within SCALE_RANGE of the rig's
+  size, and some of them in front of and inside at least one camera (else every render is blank)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  out = []
+  quats = np.asarray(g.quats, np.float64)
+  zero = np.nonzero(np.linalg.norm(quats, axis=-1) < 1e-12)[0]
+  if len(zero):
+    out.append(f"{folder}: {len(zero)} of {len(quats)} Gaussians have an all-zero rotation quaternion (first: "
+               f"{zero[:5].tolist()}); a rotation cannot be made from it")
+  viewmat, K = np.asarray(cameras.viewmat, np.float64), np.asarray(cameras.K, np.float64)
+  means = np.asarray(g.means, np.float64)
+  centres = -np.einsum("vji,vj->vi", viewmat[:, :3, :3], viewmat[:, :3, 3])
+  size = float(np.median(np.linalg.norm(centres - np.median(means, 0), axis=-1))) or 1.0
+  with np.errstate(over="ignore", invalid="ignore"):
+    sigma = np.exp(np.asarray(g.log_scales, np.float64)) / size
+  lo, hi = SCALE_RANGE
+  bad = np.nonzero(~((sigma >= lo) & (sigma <= hi)).all(-1))[0]
+  if len(bad):
+    out.append(f"{folder}: {len(bad)} of {len(sigma)} Gaussians have a size outside [{lo:g}, {hi:g}] x the rig's "
+               f"distance to the head ({size:.3g}); first {bad[0]}: standard deviations "
+               f"{np.exp(np.asarray(g.log_scales, np.float64)[bad[0]]).tolist()} (log-scales in the PLY?)")
+  pc = np.einsum("vij,nj->vni", viewmat[:, :3, :3], means) + viewmat[:, None, :3, 3]
+  z = pc[..., 2]
+  with np.errstate(divide="ignore", invalid="ignore"):
+    u = K[:, None, 0, 0] * pc[..., 0] / z + K[:, None, 0, 2]
+    v = K[:, None, 1, 1] * pc[..., 1] / z + K[:, None, 1, 2]
+  seen = (z > 1e-6) & (u >= 0) & (u < cameras.width) & (v >= 0) & (v < cameras.height)
+  if not seen.any():
+    out.append(f"{folder}: none of the {len(means)} Gaussians is in front of and inside any of the "
+               f"{len(viewmat)} cameras (every render would be blank): are the Gaussians and the cameras in the "
+               "same world frame?")
+  return out
+
+
+def check_run_lock(out: Path, field: str = "config.out_dir") -> list[Problem]:
+  """No live process is writing `out` (its lock), and no finished run waits in its hidden partial folder."""
+  problems = []
+  holder = atomic.lock_holder(out)
+  if holder is not None:
+    problems.append(Problem(field, f"another run is writing it: process {holder.get('pid')} on "
+                                   f"{holder.get('host')}, started {holder.get('started')}; wait for it to end or "
+                                   "choose another folder", str(out)))
+  part = atomic.partial_dir(out)
+  if (atomic.run_state(part) or {}).get("status") == "complete":
+    problems.append(Problem(field, f"a finished run that could not be renamed into place waits in {part}: move it "
+                                   "where you want it first", str(out)))
+  return problems
+
+
+def estimate_output_bytes(config, num_gaussians: int, num_views: int, height: int, width: int) -> int:
+  """A generous estimate of one splatshot run's outputs: two PLYs and two viewer pages of the Gaussians, the
+  exports, the views as PNG (uncompressed size), the step grids and the turntable."""
+  sh = 48 + 14  # floats per Gaussian in a PLY (degree-3 SH + means, scales, rotation, opacity)
+  gaussians = num_gaussians * sh * 4 * 5  # avatar.ply, base.ply, viewer.html, base_viewer.html, avatar.splat
+  views = num_views * height * width * 3 * 3  # views/, views_grid.png, the exports' images
+  steps = config.sampler.num_inference_steps
+  thumb = max(1, config.sampler.thumbnail) ** 2 * 3 * num_views * steps * 2
+  frames = config.outputs.turntable_frames * height * width * 3
+  return int(1.5 * (gaussians + views + thumb + frames)) + 2 ** 20
+
+
+def _ply_vertex_count(folder: Path) -> int | None:
+  """The Gaussian count in a template's PLY header (the header only)."""
+  from splatshot_jax import templates  # pylint: disable=import-outside-toplevel
+  for name in ("gaussians.ply", templates.OFFICIAL_PLY):
+    if (folder / name).is_file():
+      try:
+        with open(folder / name, "rb") as f:
+          for _ in range(200):
+            line = f.readline().decode("ascii", "replace").split()
+            if line[:2] == ["element", "vertex"] and len(line) == 3 and line[2].isdigit():
+              return int(line[2])
+            if line[:1] == ["end_header"]:
+              return None
+      except OSError:
+        return None
+  return None
+
+
+def check_disk_space(config, runs: int = 1, field: str = "config.out_dir") -> list[Problem]:
+  """The free space where out_dir goes covers `runs` times the estimated outputs of one run."""
+  if not config.get("out_dir"):
+    return []
+  ancestor = Path(config.out_dir).expanduser()
+  while not ancestor.exists() and ancestor != ancestor.parent:
+    ancestor = ancestor.parent
+  try:
+    free = shutil.disk_usage(ancestor).free
+  except OSError:
+    return []
+  if config.template == "synthetic":
+    n, size = config.synthetic.num_gaussians, config.synthetic.size
+  else:  # the largest template listed; views of the paper's size (816 x 560 padded, taken square)
+    counts = [c for f in inputs.template_folders(config) if (c := _ply_vertex_count(f)) is not None]
+    n, size = max(counts, default=300_000), 816
+  need = runs * estimate_output_bytes(config, n, config.num_views, size, size)
+  if free < need:
+    return [Problem(field, f"{free / 2**30:.2f} GiB free at {ancestor}; the outputs of {runs} run(s) need about "
+                           f"{need / 2**30:.2f} GiB: free some space or choose another disk", str(ancestor))]
+  return []
+
+
+def _duration(seconds: float) -> str:
+  for unit, n in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+    if seconds >= n:
+      return f"{seconds / n:.3g} {unit}"
+  return f"{seconds:.3g} s"
+
+
+def check_run_length(config) -> list[Problem]:
+  """Step and iteration counts within sane bounds, with an ETA's lower bound when they are not."""
+  problems = []
+  if "sampler" in config and "guidance" in config:
+    n, first, later = (config.sampler.get("num_inference_steps"), config.guidance.get("refit_iters_first"),
+                       config.guidance.get("refit_iters"))
+    if isinstance(n, int) and n > MAX_SAMPLER_STEPS:
+      problems.append(Problem("config.sampler.num_inference_steps", f"{n} steps; expected at most "
+                              f"{MAX_SAMPLER_STEPS} (SD's training timesteps; the paper uses 25)"))
+    if all(isinstance(x, int) for x in (n, first, later)):
+      steps = max(1, min(n, MAX_SAMPLER_STEPS))
+      total = first + (steps - 1) * later
+      if total > MAX_ITERATIONS:
+        problems.append(Problem("config.guidance.refit_iters", f"refit_iters_first={first} and refit_iters={later} "
+                                f"over up to {steps} steps are {total:.3g} refit iterations; at least "
+                                f"{_duration(total * MIN_SECONDS_PER_ITERATION)} at {MIN_SECONDS_PER_ITERATION * 1e3:g}"
+                                f" ms each. Expected at most {MAX_ITERATIONS} (the paper: 1000 + 12 x 500)"))
+  iters = config.get("fit", {}).get("num_iters") if "fit" in config else None
+  if isinstance(iters, int) and iters > MAX_ITERATIONS:
+    problems.append(Problem("config.fit.num_iters", f"{iters:.3g} iterations; at least "
+                            f"{_duration(iters * MIN_SECONDS_PER_ITERATION)}. Expected at most {MAX_ITERATIONS}"))
+  return problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,10 +753,10 @@ def check_splatshot(config, reference=None, *, per_run: bool = True) -> list[Pro
     v.int("synthetic.num_gaussians", lo=1)
     v.int("synthetic.size", lo=16)
     v.choice("synthetic.rig", SYNTHETIC_RIGS)
-  problems += v.problems
+  problems += v.problems + check_run_length(config)
   tiny = config.weights == inputs.RANDOM_TINY
   if not tiny:
-    problems += check_weights(config)
+    problems += check_weights(config) + check_weight_files(config) + check_weight_shapes(config)
     if scales is not None and len(scales) != len(config.sd.controlnets):
       problems.append(Problem("config.sd.controlnet_scales", f"{len(scales)} scales for "
                               f"{len(config.sd.controlnets)} config.sd.controlnets; expected one per ControlNet"))
@@ -454,6 +776,7 @@ def check_splatshot(config, reference=None, *, per_run: bool = True) -> list[Pro
     problems += v2.problems
   if per_run:
     problems += check_out_dir(config.out_dir, bool(config.get("overwrite", False)))
+    problems += check_disk_space(config)
   return problems
 
 
@@ -465,14 +788,20 @@ def check_batch(config, reference=None) -> list[Problem]:
   failure of the batch, not a reason to refuse the others. OUT itself must be a folder that can be created.
   """
   problems = []
-  for step in (lambda: inputs.list_photos(config.photos), lambda: inputs.parse_shard(config.shard)):
-    try:
-      step()
-    except inputs.BatchError as e:
-      problems += e.problems
+  try:
+    inputs.list_photos(config.photos)
+  except inputs.BatchError as e:
+    problems += e.problems
+  try:
+    inputs.parse_shard(config.shard)
+  except inputs.BatchError as e:
+    problems += e.problems
   problems += check_splatshot(config, reference, per_run=False)
-  # overwrite=True: OUT holds the per-photo run folders, it is not a run folder itself.
-  return problems + check_out_dir(config.out_dir, overwrite=True)
+  # OUT holds the per-photo run folders and is never replaced itself: it only has to be a writable folder.
+  problems += check_out_dir(config.out_dir, replaced=False)
+  # Room for one photo now (the estimate is generous: all photos at once would refuse big batches that fit);
+  # each photo's own check looks again in its turn, so a disk that fills up is a recorded failure, not a crash.
+  return problems + check_disk_space(config)
 
 
 def check_evaluate(config, reference=None) -> list[Problem]:
@@ -518,7 +847,7 @@ def check_build_template(config, reference=None) -> list[Problem]:
   if not config.data:
     v.int("synthetic.num_gaussians", lo=1)
     v.int("synthetic.size", lo=16)
-  problems += v.problems
+  problems += v.problems + check_run_length(config)
   if config.data:
     problems += check_data("config.data", config.data)
   if config.gaussians:
@@ -544,7 +873,7 @@ def check_fit_multiview(config, reference=None) -> list[Problem]:
   v.rgb("background")
   v.int("turntable_frames", lo=1)
   v.boolean("overwrite")
-  problems += v.problems
+  problems += v.problems + check_run_length(config)
   if config.data:
     problems += check_data("config.data", config.data)
   problems += check_out_dir(config.out_dir, bool(config.get("overwrite", False)))
