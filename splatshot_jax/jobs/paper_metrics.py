@@ -94,13 +94,22 @@ def save_renderings(folder, rgb: np.ndarray, frontal: int = 0) -> list[Path]:
   return written
 
 
-def ffhq_subset(folder, n: int = FFHQ_SUBSET, seed: int = FFHQ_SEED) -> list[Path]:
-  """The reference images: `n` of the sorted PNGs then sorted JPGs under `folder`, drawn by Python's `random`
-  seeded with `seed` (the authors' draw; all of them when there are fewer)."""
+def reference_files(folder) -> list[Path]:
+  """The FFHQ file list as the authors build it: the sorted PNGs under `folder`, then the sorted JPGs."""
   folder = Path(folder).expanduser()
-  files = sorted(folder.glob("**/*.png")) + sorted(folder.glob("**/*.jpg"))
+  return sorted(folder.glob("**/*.png")) + sorted(folder.glob("**/*.jpg"))
+
+
+def sample_reference(files: Sequence[Path], n: int = FFHQ_SUBSET, seed: int = FFHQ_SEED) -> list[Path]:
+  """`n` of `files` drawn by Python's `random` seeded with `seed` (the authors' `random.seed(42);
+  random.sample(files, min(5000, len(files)))`; all of them, shuffled, when there are fewer)."""
   random.seed(seed)
-  return random.sample(files, min(n, len(files)))
+  return random.sample(list(files), min(n, len(files)))
+
+
+def ffhq_subset(folder, n: int = FFHQ_SUBSET, seed: int = FFHQ_SEED) -> list[Path]:
+  """The FID / KID reference images: `sample_reference(reference_files(folder), n, seed)`."""
+  return sample_reference(reference_files(folder), n, seed)
 
 
 def load_rgb(path) -> np.ndarray:
