@@ -345,8 +345,11 @@ def evaluate_paper(out_dir, folders: Sequence[Path], photos: Sequence[str], fron
     from splatshot_jax.face import scrfd  # pylint: disable=import-outside-toplevel
     face = scrfd.InsightFace(config.insightface, det_size=config.det_size)
   cache: dict = {}
+  stems = {Path(p).stem for p in photos if p}
   res: dict = {"views": list(PAPER_VIEWS), "photos": len(folders), "sources": SOURCES,
-               "turntables": TURNTABLE_NOTE, "missing_files": {}}
+               "turntables": TURNTABLE_NOTE, "missing_files": {},
+               "paper_test_set": {"of": len(PAPER_IDS), "here": len(stems & set(PAPER_IDS)),
+                                  "others": len(stems - set(PAPER_IDS))}}
   photo_emb = [_embed_file(face, Path(p).expanduser(), cache) if p else None for p in photos] if face else None
   files = [view_files(f) for f in folders]
   if config.ffhq and config.fid_weights:

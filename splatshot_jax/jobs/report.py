@@ -207,6 +207,10 @@ def paper_table_html(paper: dict) -> str:
   ref = (f"FID/KID reference: {ffhq['images']} FFHQ images (random.seed(42) over the sorted list)." if ffhq else
          "FID/KID: not computed (give --config.fid_weights and --config.ffhq).")
   views = ", ".join(f"{v:03d}" for v in paper.get("views", []))
+  ts = paper.get("paper_test_set")
+  if ts and (ts["here"] != ts["of"] or ts["others"]):
+    ref += (f" Not the paper's test set: {ts['here']} of its {ts['of']} CelebA-3D photos (00000-00099 without "
+            f"00001) and {ts['others']} others, so the numbers are not comparable to the paper's table yet.")
   return (f"<h2>The paper's protocol</h2><p class='note'>{paper.get('photos', 0)} photos; views {views} of the "
           f"48-view rig; {counts}. {html.escape(ref)} Empty cells: the files for that metric were not given. "
           "See splatshot_jax/jobs/paper_metrics.py for the definitions and their sources.</p>"
