@@ -117,6 +117,26 @@ def test_detector_input_is_opencv_resize_pasted_top_left():
   assert np.abs(det[:new_h].astype(np.float64) - ref).max() <= 1.0
 
 
+def test_embeddings_equal_insightface_face_analysis_on_the_same_images(models):
+  """Our detector + crop + recognition against insightface's own FaceAnalysis with the same (tiny) model files."""
+  app_module = pytest.importorskip("insightface.app", reason="the insightface package is not installed")
+  pytest.importorskip("cv2", reason="insightface needs opencv")
+  app = app_module.FaceAnalysis(name=str(Path(models["insightface"]) / "buffalo_l"),
+                                allowed_modules=["detection", "recognition"], providers=["CPUExecutionProvider"])
+  app.prepare(ctx_id=-1, det_size=(640, 640))
+  ours = scrfd.InsightFace(models["insightface"])
+  rng = np.random.default_rng(10)
+  for h, w in ((303, 411), (617, 500), (314, 213)):
+    img = _face_image(rng, h, w)
+    faces = app.get(np.ascontiguousarray(img[:, :, ::-1]))  # insightface takes BGR
+    det = ours.detect(img)
+    # cv2.resize rounds in fixed point: an anchor whose score sits on the 0.5 line may differ (tiny model only).
+    assert abs(len(faces) - len(det)) <= 0.01 * len(faces)
+    theirs = max(faces, key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))
+    np.testing.assert_allclose(det.kps[det.largest()], theirs.kps, atol=1e-3)
+    assert float(ours.embed(img) @ theirs.embedding) / np.linalg.norm(theirs.embedding) > 0.9999
+
+
 # ----------------------------------------------------------------------------- CSIM and CV-CSIM
 
 
@@ -133,6 +153,7 @@ def test_identical_images_give_csim_1_and_a_face_free_view_is_skipped_and_counte
   c, cv = pm.csim([e, e], views), pm.cv_csim(views)
   assert c["mean"] == pytest.approx(1.0, abs=1e-6) and c["pairs"] == 7 and c["skipped_views"] == 1
   assert cv["mean"] == pytest.approx(1.0, abs=1e-6) and cv["pairs"] == 6 + 3 and cv["skipped_pairs"] == 3
+  assert pm.cosine(e, e * 1.001) == 1.0 and pm.cosine(e, -e * 1.001) == -1.0  # clamped to [-1, 1]
   # A different face scores less than 1; a photo without a face skips its views.
   c2 = pm.csim([e, None], [[face.embed(other)] * 4, [e] * 4])
   assert c2["mean"] < 1 - 1e-3 and c2["pairs"] == 4 and c2["skipped_photos"] == 1
