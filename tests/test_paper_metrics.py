@@ -3,6 +3,7 @@ answers: identical images give CSIM 1 and CV-CSIM 1; a face-free view is skipped
 against itself is ~0 and rises with blur; the scored views are 005/006/008/011 by name; the FFHQ subset is the same
 5,000 names twice; SCRFD decoding, the ArcFace crop, FID, KID, CLIP-IQA and AKD against float64 brute force."""
 
+import os
 import random
 from pathlib import Path
 
@@ -323,3 +324,47 @@ def test_the_paper_protocol_on_a_batch_writes_paper_metrics_and_the_report_table
   page = (tmp_path / "batch" / "report.html").read_text()
   assert "The paper&#x27;s protocol" in page or "The paper's protocol" in page
   assert "cannot be scored by this protocol" in page and "3DGS renderings" in page
+
+
+@pytest.mark.skipif(not os.environ.get("SPLATSHOT_TORCHMETRICS_PARITY"),
+                    reason="minutes on a 2-core CPU (Inception-v3 at 299 px): set SPLATSHOT_TORCHMETRICS_PARITY=1, with "
+                           "torch-fidelity and torchmetrics installed")
+def test_fid_and_kid_equal_torchmetrics_with_the_same_inception_weights(tmp_path):
+  """FID / KID through torch-fidelity's Inception (config.fid_weights=.pth) against torchmetrics' own metrics, the
+  paper's implementation, on the same images and the same (here random) weights file."""
+  torch = pytest.importorskip("torch")
+  fidelity = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3", reason="torch-fidelity absent")
+  tm_fid = pytest.importorskip("torchmetrics.image.fid", reason="torchmetrics absent")
+  tm_kid = pytest.importorskip("torchmetrics.image.kid")
+  # A weights file of the FID Inception's layout with random values (the real one is the user's).
+  net_cls = fidelity.FeatureExtractorInceptionV3
+  orig = net_cls.load_state_dict
+  try:
+    net_cls.load_state_dict = lambda self, sd: None
+    fidelity.load_state_dict_from_url = lambda *a, **k: {}
+    torch.manual_seed(0)
+    net = net_cls("inception-v3-compat", ["2048"])
+  finally:
+    net_cls.load_state_dict = orig
+  torch.save(net.state_dict(), tmp_path / "inception.pth")
+  rng = np.random.default_rng(11)
+  real = [rng.integers(0, 256, (40, 30, 3), dtype=np.uint8) for _ in range(3)]
+  fake = [np.clip(r.astype(int) + rng.integers(-60, 60, r.shape), 0, 255).astype(np.uint8) for r in real]
+  prep = lambda ims: [pm.torchmetrics_uint8(pm.resized(i, pm.FID_SIZE, "lanczos")) for i in ims]
+  ours = pm.fid_network(tmp_path / "inception.pth")
+  fr, ff = pm.batched_features(ours, prep(real)), pm.batched_features(ours, prep(fake))
+  # torchmetrics as the authors call it: float images in [0, 1] (PIL LANCZOS 299, / 255), normalize=True.
+  as_float = lambda ims: torch.from_numpy(np.stack([pm.resized(i, pm.FID_SIZE, "lanczos") for i in ims])
+                                          .astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+  inception = tm_fid.NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                        feature_extractor_weights_path=str(tmp_path / "inception.pth"))
+  # With a network object torchmetrics skips its own `(imgs * 255).byte()` of normalize=True: done here as it does.
+  as_byte = lambda ims: (as_float(ims) * 255).byte()
+  fid = tm_fid.FrechetInceptionDistance(feature=inception)
+  fid.update(as_byte(real), real=True)
+  fid.update(as_byte(fake), real=False)
+  assert pm.fid(fr, ff) == pytest.approx(float(fid.compute()), rel=1e-4)
+  kid = tm_kid.KernelInceptionDistance(feature=inception, subsets=1, subset_size=3)
+  kid.update(as_byte(real), real=True)
+  kid.update(as_byte(fake), real=False)
+  assert pm.mmd2_poly(fr, ff) == pytest.approx(float(kid.compute()[0]), rel=1e-4)
