@@ -78,7 +78,7 @@ def _border_index(idx: np.ndarray, n: int, border: str) -> np.ndarray:
 
 
 def warp_affine(image: np.ndarray, m: np.ndarray, out_hw: tuple[int, int], *,
-                border: str = "reflect", fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                border: str = "reflect", fill: float = 0.0, prefilter: bool = True) -> tuple[np.ndarray, np.ndarray]:
   """Resamples `image` under the affine map `m` (source -> output coordinates), bilinear.
 
   When the map shrinks the image by 2x or more the source is first box-averaged by the integer
@@ -90,6 +90,8 @@ def warp_affine(image: np.ndarray, m: np.ndarray, out_hw: tuple[int, int], *,
     out_hw: (H_out, W_out).
     border: "reflect" (mirror, OpenCV BORDER_REFLECT), "edge" (replicate) or "constant" (`fill`).
     fill: value outside the image for border="constant".
+    prefilter: box-average before shrinking (above); False samples the source as it is, like OpenCV's
+      warpAffine / resize with INTER_LINEAR (insightface's detector input and 112x112 crop are made that way).
 
   Returns:
     out: (H_out, W_out[, C]) with the dtype of `image` (uint8 rounded).
@@ -105,7 +107,7 @@ def warp_affine(image: np.ndarray, m: np.ndarray, out_hw: tuple[int, int], *,
   a = np.concatenate([m, [[0.0, 0.0, 1.0]]])
   scale = np.sqrt(abs(np.linalg.det(m[:, :2])))
   k = int(np.floor(1.0 / scale)) if scale > 0 else 1
-  if k >= 2:
+  if k >= 2 and prefilter:
     h, w = src.shape[0] // k * k, src.shape[1] // k * k
     src = src[:h, :w].reshape(h // k, k, w // k, k, -1).mean((1, 3))
     # New pixel (i, j) covers old [k*j, k*j + k): old coordinate = k * new coordinate.

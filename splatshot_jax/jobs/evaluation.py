@@ -30,23 +30,19 @@ import numpy as np
 from splatshot_jax import errors
 from splatshot_jax.jobs import outputs
 from splatshot_jax import metrics as metrics_lib
-from splatshot_jax.jobs import report
+from splatshot_jax.jobs import paper_metrics, report
 from splatshot_jax.jobs.batch import is_finished, photo_row
 from splatshot_jax.jobs.report import OFFICIAL_MEDIAN_DLIB, SAME_PERSON
 from splatshot_jax.cameras import Camera, orbit_rig
 from splatshot_jax.datasets import scene_frame
 from splatshot_jax.face import align, detect, identity
+from splatshot_jax.face.scrfd import ARCFACE_SIZE, ARCFACE_TEMPLATE  # insightface's 112x112 five-point template
 from splatshot_jax.io import images as image_io
 from splatshot_jax.io import ply
 from splatshot_jax.io.atomic import atomic_path
 from splatshot_jax.render import check_overflow, render_views
 
 
-# insightface's five-point template of its 112x112 ArcFace input (right eye, left eye, nose tip, right and left
-# mouth corners of the subject, i.e. image left to right), in pixel-index coordinates (pixel centres at integers).
-ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                             [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
-ARCFACE_SIZE = 112
 
 
 class EvaluationError(errors.UserInputError):
@@ -377,6 +373,8 @@ def evaluate_avatar(folder, config, arcface: ArcFace | None = None) -> dict:
   for k in ("psnr", "ssim", "psnr_fg"):
     res["consistency"][f"mean_{k}"] = _mean(res["consistency"][k])
   res["reprojection"] = reprojection_errors(cameras, maps, views, config.alpha_threshold)
+  if config.get("protocol", "ours") == "paper":  # the 3DGS renderings the paper's protocol scores
+    paper_metrics.save_renderings(folder, maps["rgb"], frontal)
 
   yaws = [float(y) for y in config.yaws]
   sweep = render_maps(gaussians, sweep_cameras(cameras, frontal, yaws), background=background,
@@ -508,8 +506,13 @@ def evaluate_batch(out_dir, config, arcface: ArcFace | None = None) -> dict:
   table = aggregate(rows)
   outputs.write_json(out / "evaluation_summary.json", {"aggregate": table, "official_median_dlib":
                                                         OFFICIAL_MEDIAN_DLIB, "same_person": SAME_PERSON})
-  report.write_report(out / "report.html", rows, evals, table)
-  return {"rows": rows, "evaluations": evals, "aggregate": table}
+  paper = None
+  if config.get("protocol", "ours") == "paper":
+    done = [(out / r["folder"], evals[r["folder"]]) for r in rows if r["status"] == "done"]
+    paper = paper_metrics.evaluate_paper(out, [f for f, _ in done], [e["photo"] for _, e in done],
+                                         [e["frontal_view"] for _, e in done], config)
+  report.write_report(out / "report.html", rows, evals, table, paper=paper)
+  return {"rows": rows, "evaluations": evals, "aggregate": table, "paper": paper}
 
 
 def evaluate(config) -> dict:

@@ -37,6 +37,7 @@ BUILD_RIGS = ("own", "paper48", "auto")
 DETECTORS = ("hog", "cnn")
 LR_BATCH_SCALINGS = ("none", "sqrt")  # fit.FitConfig.lr_batch_scaling
 RENDER_BACKENDS = ("auto", "xla", "triton", "triton_interpret")  # render/composite_triton.BACKENDS
+PROTOCOLS = ("ours", "paper")  # configs/evaluate.py protocol
 SYNTHETIC_VIEWS = 16  # synthetic.head_rig's cameras; "paper48" adds 2 interpolated per real one
 
 
@@ -825,7 +826,64 @@ def check_evaluate(config, reference=None) -> list[Problem]:
   if config.arcface and not Path(config.arcface).expanduser().is_file():
     problems.append(Problem("config.arcface", "no ONNX file there (insightface's recognition model, e.g. "
                                               "w600k_r50.onnx)", str(Path(config.arcface).expanduser())))
+  if "protocol" in config:
+    problems += _check_paper_protocol(config)
   return problems
+
+
+def _check_paper_protocol(config) -> list[Problem]:
+  """The paper protocol's fields of an evaluate config (splatshot_jax/jobs/paper_metrics.py): the user's files."""
+  from splatshot_jax.face import scrfd  # pylint: disable=import-outside-toplevel
+  v = _Values(config)
+  v.choice("protocol", PROTOCOLS)
+  v.custom("det_size", lambda x: isinstance(x, int) and x >= 32 and x % 32 == 0, "an int >= 32, a multiple of 32")
+  for k in ("ffhq_subset", "kid_subsets", "kid_subset_size"):
+    v.int(k, lo=1)
+  problems = v.problems
+  if config.insightface:
+    try:
+      scrfd.model_folder(config.insightface)
+    except scrfd.InsightFaceError as e:
+      problems.append(Problem("config.insightface", str(e)))
+  if bool(config.fid_weights) != bool(config.ffhq):
+    problems.append(Problem("config.fid_weights" if not config.fid_weights else "config.ffhq",
+                            "FID / KID need both config.fid_weights and config.ffhq (or neither)"))
+  if config.fid_weights:
+    p = Path(config.fid_weights).expanduser()
+    if not p.is_file():
+      problems.append(Problem("config.fid_weights", "no file there (the FID Inception's weights, "
+                                                    "pt_inception-2015-12-05-6726825d.pth, or an ONNX network)", str(p)))
+    elif p.suffix != ".onnx" and not _importable("torch_fidelity"):
+      problems.append(Problem("config.fid_weights", "a .pth Inception needs torch and torch-fidelity: "
+                                                    "pip install 'splatshot_jax[paper]'", str(p)))
+  if config.ffhq:
+    d = Path(config.ffhq).expanduser()
+    if not d.is_dir():
+      problems.append(Problem("config.ffhq", "no folder there (the FFHQ images, the FID reference)", str(d)))
+    elif next(d.glob("**/*.png"), None) is None and next(d.glob("**/*.jpg"), None) is None:
+      problems.append(Problem("config.ffhq", "no .png or .jpg images under it", str(d)))
+  if bool(config.clip_iqa) != bool(config.clip_iqa_text):
+    problems.append(Problem("config.clip_iqa_text" if config.clip_iqa else "config.clip_iqa",
+                            "CLIP-IQA needs both config.clip_iqa (image encoder) and config.clip_iqa_text"))
+  if config.clip_iqa and not Path(config.clip_iqa).expanduser().is_file():
+    problems.append(Problem("config.clip_iqa", "no ONNX file there (a CLIP image encoder)",
+                            str(Path(config.clip_iqa).expanduser())))
+  if config.clip_iqa_text:
+    p = Path(config.clip_iqa_text).expanduser()
+    try:
+      import numpy as np  # pylint: disable=import-outside-toplevel
+      shape = np.load(p, mmap_mode="r").shape
+      if len(shape) != 2 or shape[0] != 2:
+        problems.append(Problem("config.clip_iqa_text", f"expected a (2, D) array (\"Good photo.\", \"Bad "
+                                                        f"photo.\" text embeddings), got shape {shape}", str(p)))
+    except (OSError, ValueError) as e:
+      problems.append(Problem("config.clip_iqa_text", f"not a readable .npy file ({e})", str(p)))
+  return problems
+
+
+def _importable(module: str) -> bool:
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  return importlib.util.find_spec(module) is not None
 
 
 def check_build_template(config, reference=None) -> list[Problem]:

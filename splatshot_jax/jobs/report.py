@@ -174,8 +174,54 @@ def _photo_row(row: dict, ev: dict | None, out_dir: Path) -> str:
           f"<td>{yaw_plot}</td><td>{disc_plot}</td></tr>")
 
 
-def write_report(path, rows: Sequence[dict], evaluations: dict, table: Sequence[dict]) -> Path:
-  """Writes the report (see the module docstring); `rows` as in evaluation.csv, `evaluations` by folder name."""
+def paper_table_html(paper: dict) -> str:
+  """The paper protocol's table (`splatshot_jax.jobs.paper_metrics`): a row per metric, renders and diffusion
+  columns with the counts behind each number, and why the official turntables are not in it."""
+  def cell(source: str, key: str, digits: int = 4) -> str:
+    m = paper.get(source, {})
+    if key in ("csim", "cv_csim", "akd"):
+      e = m.get(key)
+      if e is None:
+        return "<td>–</td>"
+      skipped = {"csim": lambda: f"{e['skipped_views']} views skipped (no face / file), {e['skipped_photos']} "
+                                 "photos without a face",
+                 "cv_csim": lambda: f"{e['skipped_pairs']} pairs skipped",
+                 "akd": lambda: f"{e['skipped']} skipped"}[key]()
+      return f"<td><b>{_fmt(e['mean'], digits)}</b><br><small>{e['pairs']} pairs; {html.escape(skipped)}</small></td>"
+    if key == "kid":
+      return (f"<td>{_fmt(m.get('kid_mean'), 5)} ± {_fmt(m.get('kid_std'), 5)}</td>" if "kid_mean" in m else
+              "<td>–</td>")
+    return f"<td><b>{_fmt(m.get(key), digits)}</b></td>"
+
+  metrics = [("CSIM ↑ (ArcFace, photo vs view)", "csim", 4), ("CV-CSIM ↑ (ArcFace, 6 view pairs)", "cv_csim", 4),
+             ("FID ↓ (Inception-v3, vs FFHQ subset)", "fid", 2), ("KID ↓ (same features)", "kid", 5),
+             ("CLIP-IQA ↑ (Good/Bad photo.)", "clip_iqa", 4), ("AKD ↓ (68 landmarks, photo vs frontal view, in "
+                                                              "inter-ocular distances)", "akd", 4)]
+  sources = paper.get("sources", {"renders": "3DGS renderings", "diffusion": "final diffusion outputs"})
+  head = "<tr><th>metric</th>" + "".join(f"<th>{html.escape(v)}</th>" for v in sources.values()) + "</tr>"
+  body = "".join(f"<tr><td>{html.escape(label)}</td>{''.join(cell(s, key, d) for s in sources)}</tr>"
+                 for label, key, d in metrics)
+  counts = ", ".join(f"{html.escape(v)}: {paper.get(s, {}).get('images', 0)} images "
+                     f"({paper.get('missing_files', {}).get(s, 0)} missing files)" for s, v in sources.items())
+  ffhq = paper.get("ffhq")
+  ref = (f"FID/KID reference: {ffhq['images']} FFHQ images (random.seed(42) over the sorted list)." if ffhq else
+         "FID/KID: not computed (give --config.fid_weights and --config.ffhq).")
+  views = ", ".join(f"{v:03d}" for v in paper.get("views", []))
+  ts = paper.get("paper_test_set")
+  if ts and (ts["here"] != ts["of"] or ts["others"]):
+    ref += (f" Not the paper's test set: {ts['here']} of its {ts['of']} CelebA-3D photos (00000-00099 without "
+            f"00001) and {ts['others']} others, so the numbers are not comparable to the paper's table yet.")
+  return (f"<h2>The paper's protocol</h2><p class='note'>{paper.get('photos', 0)} photos; views {views} of the "
+          f"48-view rig; {counts}. {html.escape(ref)} Empty cells: the files for that metric were not given. "
+          "See splatshot_jax/jobs/paper_metrics.py for the definitions and their sources.</p>"
+          f"<table class='num'>{head}{body}</table>"
+          f"<p class='note'>{html.escape(paper.get('turntables', ''))}</p>")
+
+
+def write_report(path, rows: Sequence[dict], evaluations: dict, table: Sequence[dict],
+                 paper: dict | None = None) -> Path:
+  """Writes the report (see the module docstring); `rows` as in evaluation.csv, `evaluations` by folder name,
+  `paper` the paper protocol's results (`paper_metrics.evaluate_paper`; its table follows the aggregate one)."""
   path = Path(path)
   done = sum(r["status"] == "done" for r in rows)
   parts = [
@@ -188,6 +234,7 @@ def write_report(path, rows: Sequence[dict], evaluations: dict, table: Sequence[
       "the same cameras, and the reprojection error of each view warped into its nearest neighbour with the "
       "avatar's depth (where both alphas are high).</p>",
       "<h2>Aggregate</h2>", _headline(table), _aggregate_html(table),
+      paper_table_html(paper) if paper else "",
       "<h2>Per photo</h2><table><tr><th>photo</th><th>input</th><th>frontal</th><th>side</th><th>side</th>"
       "<th>turntable</th><th>numbers</th><th>identity vs yaw</th><th>discrepancy per step</th></tr>",
   ]
