@@ -118,13 +118,15 @@ def check_part(name: str, fn, args, mesh: Mesh, target: targets.Target, top: int
     return dict(part=name, error=msg)
   sec = time.perf_counter() - t0
   m = bench_sampler.compiled_memory(compiled)
+  text = compiled.as_text()
+  m["fused_attention"] = text.count('custom_call_target="__cudnn$fmha')
   fits = "yes" if m["peak"] <= target.memory_bytes else "NO"
   print(f"\n### {name}\n| peak GiB | temporaries GiB | arguments GiB | outputs GiB | fits {target.name} "
-        f"({gib(target.memory_bytes)} GiB) | compile s |\n|---:|---:|---:|---:|---|---:|")
+        f"({gib(target.memory_bytes)} GiB) | cuDNN fused attention calls | compile s |\n|---:|---:|---:|---:|---|---:|---:|")
   print(f"| {gib(m['peak'])} | {gib(m['temporaries'])} | {gib(m['arguments'])} | {gib(m['outputs'])} | {fits} | "
-        f"{sec:.0f} |")
+        f"{m['fused_attention']} | {sec:.0f} |")
   print("\n| largest buffers MiB | shape | HLO op | JAX op |\n|---:|---|---|---|")
-  for size, shape, hlo_op, op in largest_buffers(compiled.as_text(), top):
+  for size, shape, hlo_op, op in largest_buffers(text, top):
     print(f"| {size / 2**20:.0f} | {shape} | {hlo_op} | `{op[-110:]}` |")
   print(flush=True)
   return dict(part=name, compile_s=sec, **m)
