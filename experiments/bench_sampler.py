@@ -66,46 +66,54 @@ def refit_iterations(p: dict, steps: int, fit_cfg: fit_lib.FitConfig) -> int:
   return int(fit_lib.num_iterations(fit_cfg, p["refit_first"]) + (steps - 1) * fit_lib.num_iterations(fit_cfg, p["refit"]))
 
 
-def compile_only(p: dict, chunks: list[tuple[int, int]]) -> None:
-  """Lowers + compiles `splatshot_step` at preset p on abstract SD weights and prints XLA's memory analysis."""
-  from splatshot_jax.diffusion import controlnet as cn_lib, unet as unet_lib, vae as vae_lib  # pylint: disable=import-outside-toplevel
-  unet_json, cn_json, vae_json = presets.PRESETS[p["model"]]
-  ucfg, ccfg = unet_lib.UNetConfig.from_json_dict(unet_json), cn_lib.ControlNetConfig.from_json_dict(cn_json)
-  vcfg = vae_lib.VAEConfig.from_json_dict(vae_json)
-  dt = jnp.dtype(p["dtype"])
-  cast = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dt), tree)
-  params = {"unet": cast(unet_lib.init_params_shape(unet_lib.UNet2DConditionModel(ucfg, with_ip_adapter=True))),
-            "vae": cast(vae_lib.init_params_shape(vae_lib.AutoencoderKL(vcfg))),
-            "controlnets": (cast(cn_lib.init_params_shape(cn_lib.ControlNetModel(ccfg))),) * 2}
+def abstract_step_inputs(p: dict, view_chunk: int, decode_chunk: int) -> types.SimpleNamespace:
+  """Everything `splatshot_step` takes at preset p, as `jax.ShapeDtypeStruct`s where it is an array (no weights,
+  no renders are made): state, prior, cameras, cond, scene, schedule, cfg, images (V, H, W, 3)."""
   abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  prior = presets.abstract_stable_diffusion(p["model"], dtype=p["dtype"], view_chunk=view_chunk,
+                                            decode_chunk=decode_chunk)
   cond = abstract(jax.eval_shape(lambda: random_cond(p, jax.random.key(1))))
   g, _ = synthetic.head_gaussians(p["gaussians"], sh_degree=3)
   cams = synthetic.head_rig(p["views"], width=p["width"], height=p["height"])
-  factor = 2 ** (len(vcfg.block_out_channels) - 1)
+  factor = prior.spec.vae_factor
   zs = jax.ShapeDtypeStruct((p["views"], p["height"] // factor, p["width"] // factor, 4), jnp.float32)
   state = guidance.SplatShotState(z=zs, eps_gt=zs, model=abstract(g), rng=jax.eval_shape(lambda: jax.random.key(0)))
-  scene = guidance.gaussian_scene()
-  schedule = ddim.make_schedule(25)
+  return types.SimpleNamespace(
+      state=state, prior=prior, cameras=abstract(cams), cond=cond, scene=guidance.gaussian_scene(),
+      schedule=abstract(ddim.make_schedule(25)), cfg=guidance.GuidanceConfig(),
+      images=jax.ShapeDtypeStruct((p["views"], p["height"], p["width"], 3), jnp.float32))
+
+
+def compiled_memory(compiled) -> dict:
+  """XLA's memory analysis of a compiled executable in bytes: arguments, outputs, temporaries, peak."""
+  m = compiled.memory_analysis()
+  peak = getattr(m, "peak_memory_in_bytes", 0) or (m.argument_size_in_bytes + m.output_size_in_bytes
+                                                   + m.temp_size_in_bytes - m.alias_size_in_bytes)
+  return dict(arguments=m.argument_size_in_bytes, outputs=m.output_size_in_bytes, temporaries=m.temp_size_in_bytes,
+              peak=peak)
+
+
+def lower_step(a: types.SimpleNamespace):
+  """`splatshot_step` lowered on the abstract inputs a (`abstract_step_inputs`)."""
+  return guidance.splatshot_step.lower(a.state, jax.ShapeDtypeStruct((), jnp.int32), prior=a.prior,
+                                       schedule=a.schedule, cameras=a.cameras, cond_photo=a.cond,
+                                       cond_template=a.cond, scene=a.scene, cfg=a.cfg,
+                                       refit_iters=jax.ShapeDtypeStruct((), jnp.int32))
+
+
+def compile_only(p: dict, chunks: list[tuple[int, int]]) -> None:
+  """Lowers + compiles `splatshot_step` at preset p on abstract SD weights and prints XLA's memory analysis."""
   gib = lambda b: f"{b / 2**30:.2f}"
   print(f"compile only, preset {p['model']}: {p['views']} views {p['width']}x{p['height']}, {p['dtype']}, "
         f"{p['gaussians']} Gaussians, device {jax.devices()[0].device_kind}")
   print("| view_chunk | decode_chunk | arguments GiB | outputs GiB | temporaries GiB | peak GiB | compile s |")
   print("|---:|---:|---:|---:|---:|---:|---:|")
   for vc, dc in chunks:
-    spec = denoiser.SDSpec(unet=ucfg, vae=vcfg, controlnets=(ccfg,) * 2, with_ip_adapter=True, dtype=dt,
-                           view_chunk=vc, decode_chunk=dc)
-    prior = denoiser.StableDiffusion(params=params, spec=spec)
     t0 = time.perf_counter()
-    lowered = guidance.splatshot_step.lower(state, jax.ShapeDtypeStruct((), jnp.int32), prior=prior,
-                                            schedule=schedule, cameras=cams, cond_photo=cond, cond_template=cond,
-                                            scene=scene, cfg=guidance.GuidanceConfig(),
-                                            refit_iters=jax.ShapeDtypeStruct((), jnp.int32))
-    m = lowered.compile().memory_analysis()
+    m = compiled_memory(lower_step(abstract_step_inputs(p, vc, dc)).compile())
     sec = time.perf_counter() - t0
-    peak = getattr(m, "peak_memory_in_bytes", 0) or (m.argument_size_in_bytes + m.output_size_in_bytes
-                                                     + m.temp_size_in_bytes - m.alias_size_in_bytes)
-    print(f"| {vc} | {dc} | {gib(m.argument_size_in_bytes)} | {gib(m.output_size_in_bytes)} | "
-          f"{gib(m.temp_size_in_bytes)} | {gib(peak)} | {sec:.0f} |", flush=True)
+    print(f"| {vc} | {dc} | {gib(m['arguments'])} | {gib(m['outputs'])} | {gib(m['temporaries'])} | "
+          f"{gib(m['peak'])} | {sec:.0f} |", flush=True)
 
 
 def main():

@@ -32,6 +32,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from splatshot_jax.device import platform
+
 Dtype = Any
 
 
@@ -159,13 +161,22 @@ class Upsample2D(nn.Module):
     return _conv(self.out_channels, 3, "conv", self.dtype)(upsample_nearest(x, size))
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, upcast: bool = False) -> jax.Array:
-  """Multi-head scaled dot-product attention via `jax.nn.dot_product_attention`.
+# Bytes of float32 attention scores one query chunk may hold (B x heads x chunk x Lk x 4). SD-1.5's 64x64-token
+# self-attention at 560x816 (7,140 tokens, 16 rows with CFG, 8 heads) would otherwise materialise 26 GB of
+# scores per call through XLA; chunking the queries keeps it to this per chunk, with the same result per row.
+ATTENTION_SCORE_BUDGET = 256 * 2**20
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, upcast: bool = False,
+              score_budget: int | None = None) -> jax.Array:
+  """Multi-head scaled dot-product attention: cuDNN's fused kernel where the target platform has it, else XLA's
+  softmax(QK^T/sqrt(Dh))V over query chunks (`chunked_attention`).
 
   Args:
     q: (B, Lq, heads*Dh); k, v: (B, Lk, heads*Dh).
     upcast: compute in float32 (diffusers' upcast_attention / upcast_softmax: SD-2.1 overflows
       in fp16 otherwise).
+    score_budget: bytes of float32 scores per query chunk on the XLA path; None: ATTENTION_SCORE_BUDGET.
   Returns:
     (B, Lq, heads*Dh) in q's dtype. Scale is Dh^-0.5 as diffusers.
   """
@@ -177,22 +188,42 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, upcast: bool
   split = lambda a: a.reshape(a.shape[0], a.shape[1], heads, dh)
   q, k, v = split(q), split(k), split(v)
   o = None
-  if _use_cudnn(q.dtype, dh):
+  if platform.use_cudnn_attention(q.dtype, dh):
     try:
       o = jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
     except (NotImplementedError, ValueError, RuntimeError):
       o = None  # shape/dtype the fused kernel rejects at trace time: fall back to XLA
   if o is None:
-    # (B, L, N, H) layout; implementation=None is XLA's softmax(QK^T/sqrt(Dh))V.
-    o = jax.nn.dot_product_attention(q, k, v)
+    o = chunked_attention(q, k, v, ATTENTION_SCORE_BUDGET if score_budget is None else score_budget)
   return o.reshape(b, lq, d).astype(out_dtype)
 
 
-def _use_cudnn(dtype, head_dim: int) -> bool:
-  """cuDNN flash attention: GPU only, fp16/bf16 only, head size a multiple of 8 up to 128
-  (SD-1.5 heads are 40/80/160 wide: 160 falls back, as does the VAE's single 512-wide head)."""
-  return (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
-          and head_dim % 8 == 0 and head_dim <= 128)
+def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, score_budget: int) -> jax.Array:
+  """XLA's softmax(QK^T/sqrt(Dh))V with the queries split into chunks of at most `score_budget` bytes of scores.
+
+  Each query row's softmax sees every key, so chunking the queries changes no row's arithmetic (unlike the
+  online softmax of flash attention); it only bounds the score matrix held at once. The chunk body is under
+  `jax.checkpoint`, so a VJP through it keeps the query chunks, not the scores.
+
+  Args:
+    q: (B, Lq, N, H); k, v: (B, Lk, N, H) (jax.nn.dot_product_attention's layout).
+    score_budget: bytes of float32 scores (B*N*chunk*Lk*4) per chunk.
+  Returns:
+    (B, Lq, N, H) in q's dtype.
+  """
+  b, lq, n, _ = q.shape
+  row_bytes = b * n * k.shape[1] * 4
+  chunks = -(-lq * row_bytes // max(int(score_budget), 1))
+  if chunks <= 1:
+    return jax.nn.dot_product_attention(q, k, v)
+  size = -(-lq // chunks)  # balanced chunks; the last is padded with zero queries, dropped below
+  chunks = -(-lq // size)
+  pad = chunks * size - lq
+  qc = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))) if pad else q
+  qc = jnp.moveaxis(qc.reshape(b, chunks, size, *q.shape[2:]), 1, 0)  # (chunks, B, size, N, H)
+  one = jax.checkpoint(lambda qq: jax.nn.dot_product_attention(qq, k, v))
+  o = jax.lax.map(one, qc)
+  return jnp.moveaxis(o, 0, 1).reshape(b, chunks * size, *q.shape[2:])[:, :lq]
 
 
 class Attention(nn.Module):

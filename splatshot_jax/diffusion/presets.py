@@ -66,6 +66,21 @@ def random_stable_diffusion(preset: str, seed: int = 0, *, num_controlnets: int 
     preset: "tiny" or "sd15" (`PRESETS`); any image size divisible by 8 works with either.
     seed: numpy seed of the weights.
   """
+  rng = np.random.default_rng(seed)
+  return _stable_diffusion(preset, num_controlnets, dtype, view_chunk, decode_chunk,
+                           lambda template, dt: random_params(template, rng, dt))
+
+
+def abstract_stable_diffusion(preset: str, *, num_controlnets: int = 2, dtype="float32", view_chunk: int = 8,
+                              decode_chunk: int = 4) -> denoiser.StableDiffusion:
+  """`random_stable_diffusion`'s prior with `jax.ShapeDtypeStruct` leaves: no weights are made, for lowering
+  and compiling only (`experiments.aot_check`, `bench_sampler --compile-only`)."""
+  return _stable_diffusion(preset, num_controlnets, dtype, view_chunk, decode_chunk,
+                           lambda template, dt: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dt), template))
+
+
+def _stable_diffusion(preset, num_controlnets, dtype, view_chunk, decode_chunk, make_params):
+  """The prior of `preset` with params make_params(shape template, dtype) per module."""
   if preset not in PRESETS:
     raise ValueError(f"random_stable_diffusion: preset {preset!r} unknown; expected one of {sorted(PRESETS)}")
   unet_json, cn_json, vae_json = PRESETS[preset]
@@ -73,13 +88,12 @@ def random_stable_diffusion(preset: str, seed: int = 0, *, num_controlnets: int 
   ucfg = unet_lib.UNetConfig.from_json_dict(unet_json)
   ccfg = cn_lib.ControlNetConfig.from_json_dict(cn_json)
   vcfg = vae_lib.VAEConfig.from_json_dict(vae_json)
-  rng = np.random.default_rng(seed)
   cn_template = cn_lib.init_params_shape(cn_lib.ControlNetModel(ccfg))
   params = {
-      "unet": random_params(unet_lib.init_params_shape(unet_lib.UNet2DConditionModel(ucfg, with_ip_adapter=True)),
-                            rng, dt),
-      "vae": random_params(vae_lib.init_params_shape(vae_lib.AutoencoderKL(vcfg)), rng, dt),
-      "controlnets": tuple(random_params(cn_template, rng, dt) for _ in range(num_controlnets)),
+      "unet": make_params(unet_lib.init_params_shape(unet_lib.UNet2DConditionModel(ucfg, with_ip_adapter=True)),
+                          dt),
+      "vae": make_params(vae_lib.init_params_shape(vae_lib.AutoencoderKL(vcfg)), dt),
+      "controlnets": tuple(make_params(cn_template, dt) for _ in range(num_controlnets)),
   }
   spec = denoiser.SDSpec(unet=ucfg, vae=vcfg, controlnets=(ccfg,) * num_controlnets, with_ip_adapter=True,
                          dtype=dt, view_chunk=view_chunk, decode_chunk=decode_chunk)

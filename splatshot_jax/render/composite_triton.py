@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from splatshot_jax.device import platform
 from splatshot_jax.render.composite import (ALPHA_MAX, T_MIN, CompositeConfig, _group_tiles,
                                             image_to_tiles, tiles_to_image)
 from splatshot_jax.render.project import ALPHA_MIN
@@ -43,12 +44,13 @@ def _jax_triton():
 def resolve_backend(backend: str, dtype=jnp.float32) -> str:
   """"xla", "triton" or "triton_interpret" for a `backend` argument of `render`.
 
-  "auto" is "triton" on a CUDA GPU when jax_triton imports and the dtype is float32, else "xla".
+  "auto" is "triton" when compiling for a CUDA GPU (`device.platform.current()`) and jax_triton imports and the
+  dtype is float32, else "xla".
   """
   if backend not in BACKENDS:
     raise ValueError(f"render backend={backend!r}: expected one of {BACKENDS}")
   if backend == "auto":
-    gpu = jax.default_backend() == "gpu"
+    gpu = platform.current() == "gpu"
     ok = gpu and jnp.dtype(dtype) == jnp.float32 and _jax_triton() is not None
     return "triton" if ok else "xla"
   if backend == "triton" and _jax_triton() is None:

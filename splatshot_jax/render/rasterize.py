@@ -10,6 +10,7 @@ import numpy as np
 from flax import struct
 
 from splatshot_jax.cameras import Camera
+from splatshot_jax.device import platform
 from splatshot_jax.gaussians import Gaussians
 from splatshot_jax.render.composite import CompositeConfig, composite
 from splatshot_jax.render.composite_triton import composite_triton, resolve_backend
@@ -148,13 +149,14 @@ def render(
 def render_views(gaussians: Gaussians, cameras: Camera, **kwargs) -> RenderOutput:
   """`render` over V cameras (viewmat (V, 4, 4), K (V, 3, 3)); same keyword arguments.
 
-  vmapped on CPU/TPU with the XLA compositor, one view after another (lax.map) otherwise.
+  vmapped on CPU/TPU with the XLA compositor, one view after another (lax.map) otherwise (the platform is the
+  one the program is compiled for, `device.platform.current()`).
 
   Returns a RenderOutput with a leading V axis on every array (rgb (V, H, W, 3), ...).
   """
   one = lambda cam: render(gaussians, cam, **kwargs)
   backend = resolve_backend(kwargs.get("backend", "auto"), gaussians.means.dtype)
-  if backend != "xla" or jax.default_backend() == "gpu":
+  if backend != "xla" or platform.sequential_views():
     # Views one after another: the Triton launches have no batching rule, and on a GPU a vmapped
     # sort is a batched sort, which XLA does not send to CUB's radix sort.
     return jax.lax.map(one, cameras)
