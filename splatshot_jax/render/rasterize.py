@@ -117,7 +117,7 @@ def render(
   proj = project_gaussians(gaussians, camera, near_plane=near_plane, eps2d=eps2d)
   lists = bin_gaussians(proj.means2d, proj.radii, proj.depths, width=camera.width,
                         height=camera.height, tile_size=tile_size, pair_budget=pair_budget,
-                        tile_capacity=tile_capacity)
+                        tile_capacity=tile_capacity, conics=proj.conics, opacities=proj.opacities)
 
   # One composite over [rgb | depth | features]: all share α and T, so compute them once.
   channels = []
