@@ -267,3 +267,18 @@ def bin_gaussians(
       tile_count=jnp.minimum(count, tile_capacity),
       overflow=overflow,
   )
+
+
+def scene_pair_budget(num_pairs, margin: float = 1.25) -> int:
+  """Static pair budget sized to a scene: the largest need over its views × margin, power of two.
+
+  Args:
+    num_pairs: pairs the scene's views need (`out.overflow.num_pairs` of a probe render with a
+      generous budget, any shape; the maximum is taken).
+    margin: headroom for the Gaussians moving during a refit; overflow is still counted and
+      reported by every render (`check_overflow`).
+  Returns:
+    A Python int ≥ 1: the next power of two ≥ margin · max(num_pairs).
+  """
+  need = max(1, int(-(-float(jnp.max(jnp.asarray(num_pairs))) * margin // 1)))
+  return 1 << (need - 1).bit_length()
