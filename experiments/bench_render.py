@@ -158,7 +158,9 @@ def _time_refit(g, cam, image, render_kw, iters, repeats, trace_dir=None):
   if trace_dir:
     one = dataclasses.replace(cfg, num_iters=1)
     jax.block_until_ready(run(g, one))
-    with jax.profiler.trace(trace_dir):
+    opts = jax.profiler.ProfileOptions()
+    opts.python_tracer_level = 0  # device and XLA ops only: a small file to bring back
+    with jax.profiler.trace(trace_dir, profiler_options=opts):
       jax.block_until_ready(run(g, one))
     print(f"profiler trace of one refit iteration: {trace_dir}", file=sys.stderr, flush=True)
   return wall / iters

@@ -49,7 +49,7 @@ if [ "$DRY" = 1 ]; then
   SIZES_X="--sizes 60 --res 24x16 --refit-iters 1 --repeats 1"
   DENOISER_ARGS="--latent 8 --views 1 --reps 1 --dtypes float32 --parts decode --torch off"
   SAMPLER="tiny 2 4 2"  # preset views refit_first refit
-  T_PARITY=120 T_TRITON=240 T_XLA=120 T_DENOISER=120 T_SAMPLER=300  # a loaded 2-core CPU
+  T_PARITY=120 T_TRITON=300 T_XLA=180 T_DENOISER=480 T_SAMPLER=400  # SD-sized VAE init; loaded CPU
 else
   TRITON=triton
   if ! python3 -c "import jax_triton" 2>/dev/null; then
