@@ -12,7 +12,8 @@
 # unbuffered and every bench row is printed the moment it is measured, so a step that times out
 # keeps the rows it had. Order (most wanted first):
 #   1. parity (≤ 60 s): tests/test_triton_*.py with the compiled kernels (TRITON_TEST_BACKEND=triton)
-#      vs the XLA compositor (forward ≤ 1e-5, VJP ≤ 1e-4 relative), both tile sizes;
+#      vs the XLA compositor (forward ≤ 1e-5, VJP ≤ 1e-4 relative), both tile sizes, and the sm_90
+#      compile budgets under the image's Triton 3.6 (tests/test_triton_sass.py);
 #   2. render_triton (≤ 100 s): bench_render, Triton backend, 100k then 300k Gaussians at 560×816:
 #      forward, forward+backward, one refit iteration (20 in a scan), 8×8 tiles, scene-sized pair
 #      budget; then a profiler trace of one refit iteration at 100k (≤ 1 extra compile);
@@ -57,7 +58,7 @@ else
          "'pip download --no-deps jax-triton==0.3.1 -d .whl' and rerun." >&2
   fi
   PARITY_ENV="TRITON_TEST_BACKEND=triton"
-  PARITY_TESTS="tests/test_triton_composite.py tests/test_triton_binning.py"
+  PARITY_TESTS="tests/test_triton_composite.py tests/test_triton_binning.py tests/test_triton_sass.py"
   SIZES_T="--sizes 100000 300000 --res 816x560 --refit-iters 20 --repeats 5"
   SIZES_X="--sizes 100000 300000 --res 816x560 --refit-iters 5 --repeats 3"
   DENOISER_ARGS="--latent 64 --views 1 --reps 2 --dtypes bfloat16 --torch off"
