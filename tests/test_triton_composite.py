@@ -238,27 +238,3 @@ def test_backend_errors_are_clear():
   with pytest.raises(ValueError, match="features is float16, expected float32"):
     composite_triton(cfg._replace(tile_size=4), lists, m, con, op, f.astype(jnp.float16),
                      interpret=INTERPRET)
-
-
-def test_kernels_compile_for_cuda():
-  """The same source compiles to a CUDA binary (sm_90) with Triton's own toolchain, no GPU needed."""
-  triton = pytest.importorskip("triton")
-  try:
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from splatshot_jax.render.triton_kernels import kernels
-  except ImportError as e:  # pragma: no cover (a triton without the NVIDIA backend)
-    pytest.skip(f"no Triton CUDA backend: {e}")
-  from splatshot_jax.render.composite_triton import _constexprs
-  cx = _constexprs(CompositeConfig(width=816, height=560, tile_size=16), 4)
-  ints = {"start_ptr", "count_ptr", "order_ptr", "last_ptr"}
-  for kernel in kernels(False):
-    sig = {a: "constexpr" if a in cx else ("*i32" if a in ints else "*fp32")
-           for a in kernel.arg_names}
-    src = ASTSource(fn=kernel, signature=sig,
-                    constexprs={(kernel.arg_names.index(k),): v for k, v in cx.items()})
-    try:
-      out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8))
-    except FileNotFoundError as e:  # pragma: no cover (wheel without ptxas)
-      pytest.skip(f"Triton's CUDA toolchain is missing: {e}")
-    assert len(out.asm["cubin"]) > 0, kernel.__name__

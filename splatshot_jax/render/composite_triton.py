@@ -101,14 +101,26 @@ def launch(kernel, grid: tuple[int, ...], inputs, out_shapes, *, interpret: bool
 
 
 def _constexprs(cfg: CompositeConfig, channels: int) -> dict:
-  tiles_x, _ = tile_grid(cfg.width, cfg.height, cfg.tile_size)
+  tiles_x, tiles_y = tile_grid(cfg.width, cfg.height, cfg.tile_size)
   return dict(C=channels, CP=max(2, 1 << (channels - 1).bit_length()), TS=cfg.tile_size,
-              TILES_X=tiles_x, WIDTH=cfg.width, HEIGHT=cfg.height, ALPHA_MIN=ALPHA_MIN,
+              TILES_X=tiles_x, NPIX=tiles_x * tiles_y * cfg.tile_size**2, WIDTH=cfg.width, HEIGHT=cfg.height, ALPHA_MIN=ALPHA_MIN,
               ALPHA_MAX=ALPHA_MAX, T_MIN=T_MIN)
 
 
+# Tile edge the Triton backend uses when `render` is given none: 8×8 tiles, one warp each. Every
+# per-entry reduction of the backward stays inside the warp (shuffles, no block barrier), and a
+# tile's list is composited over 64 pixels instead of 256, which halves the pixel × entry work on
+# the benchmark heads (docs/benchmarks.md, issue 20). 16 remains available (8 warps).
+TRITON_TILE_SIZE = 8
+
+
+def num_warps_for(tile_size: int) -> int:
+  """Warps per program: one for an 8×8 tile (64 pixels, 2 per thread), else a pixel per thread."""
+  return min(8, max(1, tile_size**2 // 64 if tile_size <= 8 else tile_size**2 // 32))
+
+
 def _num_warps(cfg: CompositeConfig) -> int:
-  return min(8, max(1, cfg.tile_size**2 // 32))  # about one pixel per thread
+  return num_warps_for(cfg.tile_size)
 
 
 def _forward(cfg, interpret, gauss_ids, tile_start, tile_count, means2d, conics, opacities,
@@ -119,11 +131,11 @@ def _forward(cfg, interpret, gauss_ids, tile_start, tile_count, means2d, conics,
   order = _group_tiles(tile_count, 1).reshape(-1)  # heaviest tile first
   img, t_fin, last = launch(
       _kernels(interpret)[0], (num_tiles,), (rec, tile_start, tile_count, order),
-      [jax.ShapeDtypeStruct((num_tiles * pp, ch), jnp.float32),
+      [jax.ShapeDtypeStruct((ch, num_tiles * pp), jnp.float32),
        jax.ShapeDtypeStruct((num_tiles * pp,), jnp.float32),
        jax.ShapeDtypeStruct((num_tiles * pp,), jnp.int32)],
       interpret=interpret, num_warps=_num_warps(cfg), **_constexprs(cfg, ch))
-  image = tiles_to_image(img.reshape(num_tiles, pp, ch), cfg)
+  image = tiles_to_image(img.T.reshape(num_tiles, pp, ch), cfg)
   T_final = tiles_to_image(t_fin.reshape(num_tiles, pp), cfg)
   return (image, T_final), (rec, order, t_fin, last)
 
@@ -147,7 +159,7 @@ def _composite_bwd(cfg, interpret, res, cts):
   g_img, g_T = cts
   num_tiles, pp = order.shape[0], cfg.tile_size**2
   ch = rec.shape[1] - _REC
-  g_img = image_to_tiles(g_img.astype(jnp.float32), cfg).reshape(num_tiles * pp, ch)
+  g_img = image_to_tiles(g_img.astype(jnp.float32), cfg).reshape(num_tiles * pp, ch).T
   g_T = image_to_tiles(g_T.astype(jnp.float32), cfg).reshape(num_tiles * pp)
   (rows,) = launch(
       _kernels(interpret)[1], (num_tiles,),

@@ -13,7 +13,7 @@ from splatshot_jax.cameras import Camera
 from splatshot_jax.device import platform
 from splatshot_jax.gaussians import Gaussians
 from splatshot_jax.render.composite import CompositeConfig, composite
-from splatshot_jax.render.composite_triton import composite_triton, resolve_backend
+from splatshot_jax.render.composite_triton import TRITON_TILE_SIZE, composite_triton, resolve_backend
 from splatshot_jax.render.project import project_gaussians, sh_colors
 from splatshot_jax.render.tiles import Overflow, bin_gaussians, tile_grid
 
@@ -73,7 +73,7 @@ def render(
     sh_degree=None,
     features: jax.Array | None = None,
     render_rgb: bool = True,
-    tile_size: int = 16,
+    tile_size: int | None = None,
     tile_capacity: int = DEFAULT_TILE_CAPACITY,
     pair_budget: int | None = None,
     near_plane: float = 0.01,
@@ -92,7 +92,8 @@ def render(
     features: optional (N, C) float per-Gaussian features composited alongside (e.g. label logits
       or probabilities); gradients flow to them.
     render_rgb: static; False skips SH colour (rgb is None), e.g. to render only `features`.
-    tile_size: static tile edge in pixels.
+    tile_size: static tile edge in pixels; None: 8 on the Triton backends (one warp per tile),
+      16 on XLA.
     tile_capacity: static maximum entries composited per tile; longer lists are truncated and
       counted in overflow.entries_dropped.
     pair_budget: static number of (Gaussian, tile) pairs; None -> `default_pair_budget`. Excess
@@ -110,12 +111,14 @@ def render(
   n = gaussians.means.shape[0]
   dtype = gaussians.means.dtype
   backend = resolve_backend(backend, dtype)
+  if tile_size is None:
+    tile_size = 16 if backend == "xla" else TRITON_TILE_SIZE
   if pair_budget is None:
     pair_budget = default_pair_budget(n, camera.width, camera.height, tile_size)
   proj = project_gaussians(gaussians, camera, near_plane=near_plane, eps2d=eps2d)
   lists = bin_gaussians(proj.means2d, proj.radii, proj.depths, width=camera.width,
                         height=camera.height, tile_size=tile_size, pair_budget=pair_budget,
-                        tile_capacity=tile_capacity)
+                        tile_capacity=tile_capacity, conics=proj.conics, opacities=proj.opacities)
 
   # One composite over [rgb | depth | features]: all share α and T, so compute them once.
   channels = []

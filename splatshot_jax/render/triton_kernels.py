@@ -11,7 +11,9 @@ Data layout (prepared in XLA by `composite_triton`):
           tile reads one contiguous slice instead of chasing id → parameters.
   start, count: (T,) int32 slice of each tile in `rec` (count already capped at the capacity).
   order:  (T,) int32 tile index per program, longest list first (the heaviest tile sets the time).
-  images: tiled, pixel p of tile t at row t·TS² + p (row-major pixels inside the tile).
+  images: tiled and channel-major: channel k of pixel p of tile t at k·NPIX + t·TS² + p
+          (row-major pixels inside the tile, NPIX = T·TS²), so that every per-pixel access,
+          the per-entry loops' included, is a pixel vector in one layout.
 Signature order is (inputs..., outputs..., constexprs): `jax_triton.triton_call` appends the
 output buffers after the inputs, and the interpreter launcher passes them the same way.
 
@@ -39,7 +41,8 @@ STOP_CHECK = tl.constexpr(16)
 def composite_fwd_kernel(rec_ptr, start_ptr, count_ptr, order_ptr,  # inputs
                          img_ptr, t_ptr, last_ptr,  # outputs
                          C: tl.constexpr, CP: tl.constexpr, TS: tl.constexpr,
-                         TILES_X: tl.constexpr, WIDTH: tl.constexpr, HEIGHT: tl.constexpr,
+                         TILES_X: tl.constexpr, NPIX: tl.constexpr, WIDTH: tl.constexpr,
+                         HEIGHT: tl.constexpr,
                          ALPHA_MIN: tl.constexpr, ALPHA_MAX: tl.constexpr, T_MIN: tl.constexpr):
   """One program per tile; writes img (T·TS², C), T_final (T·TS²) and last (T·TS²) int32.
 
@@ -59,7 +62,10 @@ def composite_fwd_kernel(rec_ptr, start_ptr, count_ptr, order_ptr,  # inputs
   c = tl.arange(0, CP)
   cmask = c < C
   T = tl.full((PP,), 1.0, tl.float32)
-  acc = tl.full((PP, CP), 0.0, tl.float32)
+  # (channels, pixels), not (pixels, channels): with pixels on the fast axis Triton keeps the
+  # accumulator in the pixel vectors' own layout; the transposed shape made it convert layouts
+  # through shared memory (2 block barriers per entry on sm_90, Triton 3.6).
+  acc = tl.full((CP, PP), 0.0, tl.float32)
   last = tl.full((PP,), 0, tl.int32)
   n_alive = tl.reduce(alive.to(tl.int32), 0, _SUM)
   # Whether any pixel is still alive is a block-wide reduction: check it once per STOP_CHECK
@@ -86,13 +92,13 @@ def composite_fwd_kernel(rec_ptr, start_ptr, count_ptr, order_ptr,  # inputs
       alive = alive & ~stop
       ok = ok & ~stop
       w = tl.where(ok, alpha * T, 0.0)
-      acc += w[:, None] * f[None, :]
+      acc += f[:, None] * w[None, :]
       T = tl.where(ok, t_next, T)
       last = tl.where(ok, j + 1, last)
     n_alive = tl.reduce(alive.to(tl.int32), 0, _SUM)
     i = end
   row = tile * PP + p
-  tl.store(img_ptr + row[:, None] * C + c[None, :], acc, mask=cmask[None, :])
+  tl.store(img_ptr + c[:, None] * NPIX + row[None, :], acc, mask=cmask[:, None])
   tl.store(t_ptr + row, T)
   tl.store(last_ptr + row, last)
 
@@ -101,7 +107,8 @@ def composite_bwd_kernel(rec_ptr, start_ptr, order_ptr, t_ptr, last_ptr, gimg_pt
                          gt_ptr,  # inputs
                          grad_ptr,  # output: (P, R) zero-initialised gradient rows
                          C: tl.constexpr, CP: tl.constexpr, TS: tl.constexpr,
-                         TILES_X: tl.constexpr, WIDTH: tl.constexpr, HEIGHT: tl.constexpr,
+                         TILES_X: tl.constexpr, NPIX: tl.constexpr, WIDTH: tl.constexpr,
+                         HEIGHT: tl.constexpr,
                          ALPHA_MIN: tl.constexpr, ALPHA_MAX: tl.constexpr, T_MIN: tl.constexpr):
   """One program per tile, back to front from the last contributing entry.
 
@@ -122,7 +129,9 @@ def composite_bwd_kernel(rec_ptr, start_ptr, order_ptr, t_ptr, last_ptr, gimg_pt
   cmask = c < C
   last = tl.load(last_ptr + row)
   T = tl.load(t_ptr + row)
-  g = tl.load(gimg_ptr + row[:, None] * C + c[None, :], mask=cmask[None, :], other=0.0)
+  # (channels, pixels) like the forward's accumulator, read from channel-major memory, so the
+  # load is coalesced along pixels and the pixel vectors' layout needs no conversion per entry.
+  g = tl.load(gimg_ptr + c[:, None] * NPIX + row[None, :], mask=cmask[:, None], other=0.0)
   # dT_final/dαᵢ = −T_final/(1 − αᵢ): folds into the behind-sum term.
   g_t_term = tl.load(gt_ptr + row) * T
   behind = tl.full((PP,), 0.0, tl.float32)
@@ -146,10 +155,10 @@ def composite_bwd_kernel(rec_ptr, start_ptr, order_ptr, t_ptr, last_ptr, gimg_pt
     one_minus = 1 - alpha
     T = tl.where(ok, T / one_minus, T)  # T before this entry
     w = tl.where(ok, alpha * T, 0.0)
-    gc = tl.reduce(g * f[None, :], 1, _SUM)  # ⟨∂L/∂C, f⟩ per pixel
+    gc = tl.reduce(g * f[:, None], 0, _SUM)  # ⟨∂L/∂C, f⟩ per pixel
     d_alpha = tl.where(ok, gc * T - (behind + g_t_term) / one_minus, 0.0)
     behind += w * gc
-    d_feat = tl.reduce(w[:, None] * g, 0, _SUM)
+    d_feat = tl.reduce(g * w[None, :], 1, _SUM)
     unclamped = raw < ALPHA_MAX  # min() passes no gradient to the clamped branch
     d_op = tl.reduce(tl.where(unclamped, d_alpha * g_exp, 0.0), 0, _SUM)
     d_pow = tl.where(unclamped, d_alpha * alpha, 0.0)
