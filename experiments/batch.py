@@ -2,7 +2,9 @@
 
   python -m experiments.run --config=configs/batch.py --config.photos=DIR_OR_GLOB --config.out_dir=OUT
 
-Exits with status 1 when a photo failed (listed in OUT/failures.json); a rerun skips finished photos.
+Exits with status 1 when a photo failed (listed in OUT/failures.json); a rerun skips finished photos (whose
+file is unchanged). Ctrl-C / SIGTERM: the photo that runs is recorded as interrupted, the tables are rebuilt, exit
+130 / 143.
 """
 
 from __future__ import annotations
