@@ -189,8 +189,7 @@ def test_fid_of_a_set_against_itself_is_zero_and_rises_with_blur(models):
   rng = np.random.default_rng(5)
   imgs = [Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).resize((96, 96), Image.NEAREST)
           for _ in range(40)]
-  feats = lambda ims: pm.batched_features(net, [pm.torchmetrics_uint8(pm.resized(np.asarray(i), pm.FID_SIZE,
-                                                                                   "lanczos")) for i in ims], 8)
+  feats = lambda ims: pm.batched_features(net, [pm.resized(np.asarray(i), pm.FID_SIZE, "lanczos") for i in ims], 8)
   ref = feats(imgs)
   assert abs(pm.fid(ref, ref)) < 1e-6
   scores = [pm.fid(ref, feats([i.filter(ImageFilter.GaussianBlur(r)) for i in imgs])) for r in (1, 4, 16)]
@@ -350,7 +349,7 @@ def test_fid_and_kid_equal_torchmetrics_with_the_same_inception_weights(tmp_path
   rng = np.random.default_rng(11)
   real = [rng.integers(0, 256, (40, 30, 3), dtype=np.uint8) for _ in range(3)]
   fake = [np.clip(r.astype(int) + rng.integers(-60, 60, r.shape), 0, 255).astype(np.uint8) for r in real]
-  prep = lambda ims: [pm.torchmetrics_uint8(pm.resized(i, pm.FID_SIZE, "lanczos")) for i in ims]
+  prep = lambda ims: [pm.resized(i, pm.FID_SIZE, "lanczos") for i in ims]
   ours = pm.fid_network(tmp_path / "inception.pth")
   fr, ff = pm.batched_features(ours, prep(real)), pm.batched_features(ours, prep(fake))
   # torchmetrics as the authors call it: float images in [0, 1] (PIL LANCZOS 299, / 255), normalize=True.

@@ -127,13 +127,6 @@ def resized(image: np.ndarray, size: int, resample: str) -> np.ndarray:
   return np.asarray(Image.fromarray(np.asarray(image, np.uint8)).resize((size, size), mode))
 
 
-def torchmetrics_uint8(image: np.ndarray) -> np.ndarray:
-  """What torchmetrics' FID (normalize=True) gives its network for an 8-bit image read as float32 / 255:
-  (x * 255).byte(), a truncation (a few values come back one lower)."""
-  x = np.asarray(image, np.uint8).astype(np.float32) / np.float32(255.0)
-  return (x * np.float32(255.0)).astype(np.uint8)
-
-
 # ----------------------------------------------------------------------------------------------
 # Identity.
 
@@ -280,7 +273,10 @@ class OnnxFeatures:
 
 class TorchFidelityInception:
   """The FID Inception-v3 of torchmetrics (torch-fidelity's "inception-v3-compat", 2048 pool features) from the
-  user's weights file (pt_inception-2015-12-05-6726825d.pth); needs the [paper] extra (torch, torch-fidelity)."""
+  user's weights file (pt_inception-2015-12-05-6726825d.pth); needs the [paper] extra (torch, torch-fidelity).
+
+  It takes the 8-bit images themselves: torchmetrics' normalize=True turns the authors' float32 x / 255 back with
+  (x * 255).byte(), which gives every 8-bit value back exactly."""
 
   def __init__(self, path):
     try:
@@ -355,7 +351,7 @@ def evaluate_paper(out_dir, folders: Sequence[Path], photos: Sequence[str], fron
   if config.ffhq and config.fid_weights:
     ref_files = ffhq_subset(config.ffhq, config.ffhq_subset, FFHQ_SEED)
     net = fid_network(config.fid_weights)
-    ref = batched_features(net, [torchmetrics_uint8(resized(load_rgb(p), FID_SIZE, "lanczos")) for p in ref_files])
+    ref = batched_features(net, [resized(load_rgb(p), FID_SIZE, "lanczos") for p in ref_files])
     res["ffhq"] = {"folder": str(config.ffhq), "images": len(ref_files),
                    "first": [str(p.relative_to(Path(config.ffhq).expanduser())) for p in ref_files[:3]]}
   clip = None
@@ -373,7 +369,7 @@ def evaluate_paper(out_dir, folders: Sequence[Path], photos: Sequence[str], fron
       out["views_without_face"] = sum(v is None and p.is_file() for vs, ps in zip(views, paths)
                                       for v, p in zip(vs, ps))
     if "ffhq" in res and existing:
-      gen = batched_features(net, [torchmetrics_uint8(resized(load_rgb(p), FID_SIZE, "lanczos")) for p in existing])
+      gen = batched_features(net, [resized(load_rgb(p), FID_SIZE, "lanczos") for p in existing])
       out["fid"] = fid(ref, gen)
       if len(existing) >= 2:
         out["kid_mean"], out["kid_std"] = kid(ref, gen, config.kid_subsets, config.kid_subset_size)
