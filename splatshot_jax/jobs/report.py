@@ -31,6 +31,7 @@ th { background: #f2f2f2; }
 .photo img { width: 104px; display: block; }
 .plots svg { display: block; }
 .bad { overflow-wrap: anywhere; }
+.name { min-width: 76px; max-width: 110px; overflow-wrap: anywhere; }
 .small td { border: none; padding: 0 6px 0 0; font-size: 12px; white-space: nowrap; }
 .bad { color: #b00; }
 .note { color: #555; font-size: 13px; max-width: 980px; }
@@ -142,7 +143,7 @@ def _image(src: str, alt: str, width: int = 112) -> str:
 def _photo_row(row: dict, ev: dict | None, out_dir: Path) -> str:
   name = html.escape(Path(row["photo"]).name)
   if ev is None:
-    return (f'<tr><td>{name}</td><td colspan="7" class="bad">{html.escape(row["status"])}: '
+    return (f'<tr><td class="name">{name}</td><td colspan="7" class="bad">{html.escape(row["status"])}: '
             f'{html.escape(row.get("error", ""))}</td></tr>')
   folder = row["folder"]
   cells = []
@@ -174,7 +175,7 @@ def _photo_row(row: dict, ev: dict | None, out_dir: Path) -> str:
   disc_plot = svg_plot([{"x": list(range(len(disc))), "y": disc, "color": "#d62728"}], xlabel="step", width=220,
                        ylabel="discrepancy L") if disc else "–"
   # The two plots share a column, one above the other, so that the table fits a 1200 px window.
-  return (f"<tr><td>{name}</td>{''.join(cells)}<td><table class='small'>{num_html}</table></td>"
+  return (f"<tr><td class='name'>{name}</td>{''.join(cells)}<td><table class='small'>{num_html}</table></td>"
           f"<td class='plots'>{yaw_plot}{disc_plot}</td></tr>")
 
 
