@@ -1,7 +1,7 @@
 """SplatShot over many photos: one avatar per photo, the models loaded and the step compiled once.
 
   python -m experiments.run --config=configs/batch.py --config.photos=photos/ --config.out_dir=OUT \
-      --config.weights=WEIGHTS --config.template=templates/333
+      --config.weights=WEIGHTS --config.template=templates/nersemble-333-48views
   python -m experiments.run --config=configs/batch.py:smoke --config.photos='photos/*.jpg'   # install-check weights
 
 Every field of configs/splatshot_sd15.py is here and overridable the same way (`--config.sampler.strength=0.6`);

@@ -5,7 +5,11 @@
 
 `--config=configs/build_template.py:smoke` is the same job, tiny (the synthetic head, no data needed).
 With `config.data=''` the template is the synthetic head's ground truth (no fit, no detector).
-`:333` sets the rig and held-out views for nersemble-333-48views (its own 48 cameras).
+`:333` sets the rig and held-out views for nersemble-333-48views (its own 48 cameras); the base template of a real
+run (`configs/splatshot_sd15.py`'s default `config.template`) is built with
+
+  python -m experiments.run --config=configs/build_template.py:333 \
+      --config.data=../shared/data/multiview/nersemble-333-48views --config.out_dir=templates/nersemble-333-48views
 """
 
 import ml_collections

@@ -21,7 +21,8 @@ def get_config(arg=None):
   # Inputs. A template is a folder of view_NNN.npz (padded render, control maps, viewmat, K) + its Gaussians.
   config.photo = ""
   config.weights = ""  # folder with the diffusers-format SD-1.5, VAE, ControlNets, IP-Adapter and image encoder
-  # Built by `python -m experiments.run --config=configs/build_template.py:333` from the shared 333 views.
+  # Built from the shared 333 views by `python -m experiments.run --config=configs/build_template.py:333
+  # --config.data=../shared/data/multiview/nersemble-333-48views --config.out_dir=templates/nersemble-333-48views`.
   config.template = "templates/nersemble-333-48views"
   # Several comma-separated template folders: the closest to the photo is chosen (skin colour, face shape).
   config.template_override = ""  # a template name used regardless of the choice

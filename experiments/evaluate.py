@@ -20,10 +20,7 @@ def run(config) -> dict:
   result = evaluation.evaluate(config)
   target = Path(config.target)
   if "rows" in result:
-    for entry in result["aggregate"]:
-      if entry["n"]:
-        print(f"{entry['metric']:<55} n={entry['n']:<3} mean {entry['mean']:.4f}  median {entry['median']:.4f}")
-    print(f"official SplatShot median dlib distance (70 CelebA-HQ photos): {evaluation.OFFICIAL_MEDIAN_DLIB}")
+    print("\n".join(evaluation.summary_lines(result, config)))
     if result.get("paper"):
       paper = result["paper"]
       for source, label in paper["sources"].items():
@@ -35,6 +32,9 @@ def run(config) -> dict:
       print(f"wrote {target / 'paper_metrics.json'}")
     print(f"wrote {target / 'evaluation.csv'} and {target / 'report.html'}")
   else:
+    if any(ev.get("random_weights") for ev in result["evaluations"].values()):
+      print("RANDOM WEIGHTS: this avatar comes from the install check (config.weights = random-tiny); its numbers "
+            "test the evaluation, not the method")
     print(f"wrote {target / 'evaluation.json'}")
   return result
 

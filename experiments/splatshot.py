@@ -18,8 +18,10 @@ from splatshot_jax.io import atomic
 
 def run(config) -> dict:
   if config.weights == pipeline.RANDOM_TINY:
-    print("install check: random tiny denoiser weights and a synthetic template; the avatar is noise-like by "
-          "design (give --config.weights and --config.photo for a real run)")
+    print("install check: random tiny denoiser weights and a synthetic template. Expect noise in the diffusion "
+          "views (views/, x0_grid.png) and, as the avatar, the synthetic head slightly degraded by the refits to "
+          "them; a --config.photo conditions it through the real identity path (CLIP image encoder -> IP-Adapter). "
+          "Give --config.weights and --config.photo for a real run.")
   # Every input (weights, photo, template, values, out_dir) before any model is built: all problems at once.
   photo = pipeline.check_inputs(config, reference=splatshot_sd15.get_config())
   info = {"photo": config.photo, "photo_sha256": inputs.photo_digest(config.photo)} if config.photo else {}

@@ -1,6 +1,7 @@
 """Loading checkpoints from disk: good folders load (all dtypes and variants), broken ones fail at the edge with
 messages naming the file, the key and the expected shape."""
 
+import shlex
 import shutil
 import subprocess
 import sys
@@ -149,8 +150,10 @@ def test_bin_without_torch_gives_conversion_command(tmp_path, monkeypatch):
     loading.read_ip_adapter(f)
   monkeypatch.undo()
   # The command in the message works on a nested dict whose tensors share storage.
-  cmd = loading.bin_conversion_command(f)
-  assert cmd in msg
+  assert loading.bin_conversion_command(f) in msg
+  # Run with the suite's own interpreter, not whatever `python` the shell finds (it may have no torch).
+  cmd = loading.bin_conversion_command(f, python=shlex.quote(sys.executable))
+  assert cmd.replace(shlex.quote(sys.executable), "python", 1) in msg
   subprocess.run(cmd, shell=True, check=True, cwd=tmp_path)
   converted = loading.read_state_dict(tmp_path / "weights.safetensors")
   original = loading.read_state_dict(f)
@@ -161,7 +164,7 @@ def test_bin_without_torch_gives_conversion_command(tmp_path, monkeypatch):
 
 
 def test_ip_adapter_bin_and_converted_safetensors_agree(paths, tmp_path):
-  cmd = loading.bin_conversion_command(paths["ip_file"]).replace(
+  cmd = loading.bin_conversion_command(paths["ip_file"], python=shlex.quote(sys.executable)).replace(
       repr(str(paths["ip_file"].with_suffix(".safetensors"))), repr(str(tmp_path / "ip.safetensors")))
   subprocess.run(cmd, shell=True, check=True)
   proj_b, ip_b = loading.read_ip_adapter(paths["ip_file"])

@@ -127,17 +127,19 @@ def torch_to_flax(
   return traverse_util.unflatten_dict(out)
 
 
-def bin_conversion_command(path) -> str:
+def bin_conversion_command(path, python: str = "python") -> str:
   """The one-liner that rewrites a torch `.bin` as `.safetensors` beside it.
 
   Nested dicts (IP-Adapter's {"image_proj": {...}, "ip_adapter": {...}}) are flattened to dotted keys, the
   layout diffusers uses for IP-Adapter safetensors and the one `read_state_dict` accepts; `.contiguous().clone()`
   gives every tensor its own storage, since safetensors refuses tensors that share memory (tied weights).
+  `python`: the interpreter that has torch. The error messages keep "python" (they are shown because this
+  process's interpreter has no torch, and the command may run on another machine); tests pass sys.executable.
   """
   src = str(path)
   dst = src[: -len(".bin")] + ".safetensors" if src.endswith(".bin") else src + ".safetensors"
   return (
-      "python -c \"import torch, safetensors.torch as st; "
+      f"{python} -c \"import torch, safetensors.torch as st; "
       "f = lambda d, p='': {k2: v2 for k, v in d.items() for k2, v2 in "
       "(f(v, p + k + '.').items() if isinstance(v, dict) else [(p + k, v)])}; "
       f"st.save_file({{k: v.contiguous().clone() for k, v in f(torch.load({src!r}, map_location='cpu', "

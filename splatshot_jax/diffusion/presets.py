@@ -1,7 +1,8 @@
 """Model shapes without checkpoints: SD-1.5's published configs and a tiny variant, with random weights.
 
 Random weights time exactly like real ones (benchmarks) and exercise every code path (the install
-check, `configs/splatshot_sd15.py:smoke`); they produce noise-like images, not faces.
+check, `configs/splatshot_sd15.py:smoke`); they produce noise-like images, not faces. The install check's
+photo goes the real identity path too (`random_image_conditioner`: CLIP vision -> IP-Adapter Plus tokens).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from splatshot_jax.diffusion import clip as clip_lib
 from splatshot_jax.diffusion import controlnet as cn_lib
 from splatshot_jax.diffusion import denoiser
+from splatshot_jax.diffusion import ip_adapter as ip_lib
 from splatshot_jax.diffusion import unet as unet_lib
 from splatshot_jax.diffusion import vae as vae_lib
 
@@ -46,6 +49,13 @@ TINY_CONTROLNET = dict({k: v for k, v in TINY_UNET.items() if k != "up_block_typ
                        conditioning_embedding_out_channels=[16, 32, 96, 256])
 
 PRESETS = {"tiny": (TINY_UNET, TINY_CONTROLNET, TINY_VAE), "sd15": (SD15_UNET, SD15_CONTROLNET, SD15_VAE)}
+
+# The IP-Adapter's image side, tiny: a 2-layer CLIP ViT on 32 px crops (16 patches of 8 px) and a one-block
+# Plus Resampler to 4 tokens of the tiny UNet's cross_attention_dim (plus-face: ViT-H/14 at 224 px, 16 tokens).
+TINY_VISION = dict(hidden_size=32, intermediate_size=64, projection_dim=16, num_hidden_layers=2,
+                   num_attention_heads=2, image_size=32, patch_size=8, hidden_act="gelu")
+TINY_IP_PLUS = dict(embed_dims=32, output_dims=TINY_UNET["cross_attention_dim"], hidden_dims=32, depth=1, dim_head=16,
+                    heads=2, num_queries=4, ffn_ratio=2)
 
 
 def random_params(template, rng: np.random.Generator, dtype) -> dict:
@@ -98,6 +108,33 @@ def _stable_diffusion(preset, num_controlnets, dtype, view_chunk, decode_chunk, 
   spec = denoiser.SDSpec(unet=ucfg, vae=vcfg, controlnets=(ccfg,) * num_controlnets, with_ip_adapter=True,
                          dtype=dt, view_chunk=view_chunk, decode_chunk=decode_chunk)
   return denoiser.StableDiffusion(params=params, spec=spec)
+
+
+def random_image_conditioner(preset: str = "tiny", seed: int = 0, *, dtype="float32") -> denoiser.SDConditioner:
+  """The IP-Adapter's image encoders with random weights (`random_params`): CLIP vision + Plus Resampler.
+
+  With it the install check's photo conditions the run as a real one does (photo -> CLIP preprocessing ->
+  hidden_states[-2] -> Resampler -> IP tokens: `SDConditioner.ip_tokens`), so different photos give different
+  avatars. It has no text side (tokenizer/text model are None): the install check's prompts stay random
+  embeddings (`random_cond`).
+
+  Args:
+    preset: "tiny" (`TINY_VISION`, `TINY_IP_PLUS`; tokens fit `TINY_UNET`).
+    seed: numpy seed of the weights.
+  """
+  if preset != "tiny":
+    raise ValueError(f"random_image_conditioner: preset {preset!r} unknown; expected 'tiny'")
+  dt = jnp.dtype(dtype)
+  vcfg = clip_lib.CLIPVisionConfig.from_json_dict(TINY_VISION)
+  pcfg = ip_lib.IPAdapterPlusConfig.from_json_dict(TINY_IP_PLUS)
+  vision, proj = clip_lib.CLIPVisionModelWithProjection(vcfg, dt), ip_lib.IPAdapterPlusImageProjection(pcfg, dt)
+  pixels = jnp.zeros((1, vcfg.image_size, vcfg.image_size, 3), dt)
+  feats = jnp.zeros((1, (vcfg.image_size // vcfg.patch_size) ** 2 + 1, vcfg.hidden_size), dt)
+  rng = np.random.default_rng(seed)
+  shapes = lambda model, x: jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))["params"]
+  return denoiser.SDConditioner(tokenizer=None, text_model=None, text_params=None, image_model=vision,
+                                image_params=random_params(shapes(vision, pixels), rng, dt), image_proj=proj,
+                                image_proj_params=random_params(shapes(proj, feats), rng, dt))
 
 
 def random_cond(preset: str, key: jax.Array, *, num_views: int, height: int, width: int, text_len: int = 77,

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import subprocess
+from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
@@ -236,7 +239,7 @@ def save_grid(images: Sequence, path: str | os.PathLike, ncols: int | None = Non
 
 
 def save_video(frames, path: str | os.PathLike, fps: float = 24.0) -> None:
-  """Writes frames as .mp4 (H.264 via imageio-ffmpeg) or .gif, atomically.
+  """Writes frames as .mp4 (H.264, imageio-ffmpeg's ffmpeg binary: `_ffmpeg`) or .gif, atomically.
 
   Args:
     frames: (T, H, W, 3) or a sequence of (H, W, 3) frames, float in [0, 1] or uint8.
@@ -258,24 +261,20 @@ def save_video(frames, path: str | os.PathLike, fps: float = 24.0) -> None:
       pil[0].save(tmp, save_all=True, append_images=pil[1:], duration=int(round(1000 / fps)),
                   loop=0, optimize=False)
     elif ext in (".mp4", ".mov", ".mkv"):
-      import imageio_ffmpeg  # pylint: disable=import-outside-toplevel
       # yuv420p (the pixel format every player accepts) needs even sizes: pad by the edge.
       t, h, w, _ = arr.shape
       arr = np.pad(arr, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-      writer = imageio_ffmpeg.write_frames(str(tmp), (w + w % 2, h + h % 2), fps=fps,
-                                           codec="libx264", pix_fmt_out="yuv420p",
-                                           quality=8, macro_block_size=1,
-                                           ffmpeg_log_level="error")
-      writer.send(None)
-      for f in arr:
-        writer.send(np.ascontiguousarray(f))
-      writer.close()
+      # crf 10: imageio-ffmpeg's quality=8 for libx264, what these videos were written with before.
+      _ffmpeg(["-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{arr.shape[2]}x{arr.shape[1]}", "-pix_fmt", "rgb24",
+               "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an", "-vcodec", "libx264",
+               "-pix_fmt", "yuv420p", "-crf", "10", "-f", ext[1:].replace("mkv", "matroska"), str(tmp)],
+              path, stdin=arr.tobytes())
     else:
       raise ImageError(f"{path}: unsupported video extension {ext!r} (use .mp4 or .gif)")
 
 
 def load_video(path: str | os.PathLike, max_frames: int | None = None) -> tuple[np.ndarray, float]:
-  """Reads a video (.mp4 via imageio-ffmpeg, .gif via PIL).
+  """Reads a video (.mp4 with imageio-ffmpeg's ffmpeg binary: `_ffmpeg`; .gif via PIL).
 
   Returns:
     frames: (T, H, W, 3) float32 in [0, 1].
@@ -298,18 +297,44 @@ def load_video(path: str | os.PathLike, max_frames: int | None = None) -> tuple[
         im.seek(i)
         frames.append(np.asarray(im.convert("RGB"), np.float32) / 255.0)
     return np.stack(frames), fps
-  import imageio_ffmpeg  # pylint: disable=import-outside-toplevel
-  try:
-    reader = imageio_ffmpeg.read_frames(str(path))
-    meta = next(reader)
-    w, h = meta["size"]
-    for raw in reader:
-      if max_frames is not None and len(frames) >= max_frames:
-        break
-      frames.append(np.frombuffer(raw, np.uint8).reshape(h, w, 3).astype(np.float32) / 255.0)
-    reader.close()
-  except (OSError, RuntimeError, StopIteration) as e:
-    raise ImageError(f"{path}: unreadable video ({e})") from None
-  if not frames:
+  limit = [] if max_frames is None else ["-frames:v", str(int(max_frames))]
+  raw, log = _ffmpeg(["-i", str(path), *limit, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], path, loglevel="info",
+                     what="unreadable video")
+  # The output stream's line: "Stream #0:0: Video: rawvideo (RGB[24] / 0x18424752), rgb24(...), 550x506 [...], 24 fps"
+  stream = [line for line in log.split("Output #0", 1)[-1].splitlines() if "Video:" in line]
+  size = re.search(r" (\d+)x(\d+)[, ]", stream[0]) if stream else None
+  rate = re.search(r" ([\d.]+)(k?) fps", stream[0]) if stream else None
+  if size is None:
+    raise ImageError(f"{path}: unreadable video (no video stream)")
+  w, h = int(size.group(1)), int(size.group(2))
+  fps = float(rate.group(1)) * (1000 if rate.group(2) else 1) if rate else 0.0
+  if len(raw) % (w * h * 3):
+    raise ImageError(f"{path}: unreadable video ({len(raw)} bytes of frames is not a multiple of {w}x{h}x3)")
+  frames = np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3).astype(np.float32) / 255.0
+  if not len(frames):
     raise ImageError(f"{path}: video has no frames")
-  return np.stack(frames), float(meta["fps"])
+  return frames, fps
+
+
+def _ffmpeg(args: list[str], path: Path, *, stdin: bytes | None = None, loglevel: str = "error",
+            what: str = "ffmpeg failed") -> tuple[bytes, str]:
+  """Runs imageio-ffmpeg's ffmpeg binary on `args`; returns (stdout, stderr). Raises ImageError naming `path`.
+
+  Why not imageio-ffmpeg's own reader/writer: they start ffmpeg with `preexec_fn=os.setpgrp`, which makes
+  Python fork and run Python code in the child, and JAX (whose threads are running by then) warns on every
+  run that this "will likely lead to a deadlock". `process_group=0` gives ffmpeg its own process group the
+  same way (a Ctrl-C in the terminal reaches only our process, which then stops ffmpeg) with no Python in
+  the child, so nothing runs the interpreter's fork hooks.
+  """
+  import imageio_ffmpeg  # pylint: disable=import-outside-toplevel
+  cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostats", "-y", *(["-nostdin"] if stdin is None else []),
+         "-loglevel", loglevel, *args]
+  try:
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, process_group=0, check=False)
+  except OSError as e:
+    raise ImageError(f"{path}: cannot run ffmpeg ({e})") from None
+  log = proc.stderr.decode("utf-8", "replace")
+  if proc.returncode:
+    last = [line for line in log.splitlines() if line.strip()][-3:]
+    raise ImageError(f"{path}: {what} ({' / '.join(last) or f'ffmpeg exit status {proc.returncode}'})")
+  return proc.stdout, log

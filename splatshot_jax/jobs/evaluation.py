@@ -32,6 +32,7 @@ from splatshot_jax.jobs import outputs
 from splatshot_jax import metrics as metrics_lib
 from splatshot_jax.jobs import paper_metrics, report
 from splatshot_jax.jobs.batch import is_finished, photo_row
+from splatshot_jax.jobs.inputs import RANDOM_TINY
 from splatshot_jax.jobs.report import OFFICIAL_MEDIAN_DLIB, SAME_PERSON
 from splatshot_jax.cameras import Camera, orbit_rig
 from splatshot_jax.datasets import scene_frame
@@ -365,6 +366,8 @@ def evaluate_avatar(folder, config, arcface: ArcFace | None = None) -> dict:
   frontal = int(run_metrics.get("frontal_view", 0))
   assets = folder / "evaluation"
   res: dict = {"folder": str(folder), "photo": run_config.get("photo", ""), "frontal_view": frontal,
+               # the install check's random weights: its numbers test the harness, not the method
+               "random_weights": bool(run_metrics.get("install_check")) or run_config.get("weights") == RANDOM_TINY,
                "discrepancy_per_step": run_metrics.get("discrepancy_per_step", []),
                "timesteps": run_metrics.get("timesteps", [])}
 
@@ -511,8 +514,44 @@ def evaluate_batch(out_dir, config, arcface: ArcFace | None = None) -> dict:
     done = [(out / r["folder"], evals[r["folder"]]) for r in rows if r["status"] == "done"]
     paper = paper_metrics.evaluate_paper(out, [f for f, _ in done], [e["photo"] for _, e in done],
                                          [e["frontal_view"] for _, e in done], config)
-  report.write_report(out / "report.html", rows, evals, table, paper=paper)
-  return {"rows": rows, "evaluations": evals, "aggregate": table, "paper": paper}
+  random_weights = sum(bool(ev.get("random_weights")) for ev in evals.values())
+  report.write_report(out / "report.html", rows, evals, table, paper=paper, random_weights=random_weights)
+  return {"rows": rows, "evaluations": evals, "aggregate": table, "paper": paper, "random_weights": random_weights}
+
+
+def _why_empty(key: str, evaluations: Sequence[dict], config) -> str:
+  """Why an aggregate row has no value (n = 0), for the terminal summary."""
+  if not evaluations:
+    return "no avatar was evaluated"
+  if "arcface" in key and not config.arcface:
+    return "not measured (no --config.arcface model)"
+  idents = [ev.get("identity", {}) for ev in evaluations]
+  if all(i.get("skipped") for i in idents):
+    return "no face found in the photos (" + "; ".join(sorted({i["skipped"] for i in idents}))[:200] + ")"
+  if key.startswith("official"):
+    offs = [ev["official"] for ev in evaluations if ev.get("official")]
+    if not offs:
+      return f"no official turntable <photo>.mp4 in config.official_videos={config.official_videos!r}"
+    return f"no face found in the frames of the {len(offs)} official turntable(s)"
+  if key.startswith(("dlib", "arcface")):
+    where = "at yaw 0" if key == "dlib_frontal" else f"within |yaw| <= {config.max_yaw:g}"
+    return f"no face found in any avatar's renders {where}"
+  return "no value"
+
+
+def summary_lines(result: dict, config) -> list[str]:
+  """The evaluation's terminal summary of a batch: a warning first when avatars came from random weights, then
+  every aggregate row (a row without values says why instead of being left out), then the published official."""
+  evals = list(result["evaluations"].values())
+  lines = []
+  if result.get("random_weights"):
+    lines.append(f"RANDOM WEIGHTS: {result['random_weights']} of the {len(evals)} evaluated avatars come from the "
+                 "install check (config.weights = random-tiny); these numbers test the evaluation, not the method")
+  for e in result["aggregate"]:
+    lines.append(f"{e['metric']:<55} n={e['n']:<3} " + (f"mean {e['mean']:.4f}  median {e['median']:.4f}" if e["n"]
+                                                         else _why_empty(e["key"], evals, config)))
+  lines.append(f"official SplatShot median dlib distance (70 CelebA-HQ photos, published): {OFFICIAL_MEDIAN_DLIB}")
+  return lines
 
 
 def evaluate(config) -> dict:

@@ -146,7 +146,10 @@ def write_outputs(
   ply.write_gaussians(out / "base.ply", jax.tree.map(np.asarray, result.base))
   written.update(avatar=out / "avatar.ply", base=out / "base.ply")
   if viewer and hasattr(result.gaussians, "sh"):
-    for key, label, g in (("viewer", "avatar", result.gaussians), ("base_viewer", "base", result.base)):
+    # The avatar page's title and panel say when it came from the install check's random weights (the base is the
+    # template's own head either way).
+    note = " (install check: random weights)" if (extra_metrics or {}).get("install_check") else ""
+    for key, label, g in (("viewer", "avatar" + note, result.gaussians), ("base_viewer", "base", result.base)):
       written[key] = write_viewer(out / f"{key}.html", jax.tree.map(np.asarray, g), cameras, name=label)
 
   views = np.asarray(result.final_images)

@@ -30,12 +30,13 @@ from splatshot_jax.jobs.inputs import (RANDOM_TINY, MissingInputsError, WeightPa
                                        resolve_weights, template_folders, template_hint, weight_paths)
 
 def load_prior(config):
-  """(prior, conditioner or None): the SD prior from `config.weights`, or random tiny weights."""
+  """(prior, conditioner): the SD prior from `config.weights`, or random tiny weights (the conditioner is then
+  only the IP-Adapter's image side, `presets.random_image_conditioner`, so the photo conditions the run)."""
   sd = config.sd
   if config.weights == RANDOM_TINY:
     prior = presets.random_stable_diffusion("tiny", config.seed, num_controlnets=len(sd.controlnet_scales),
                                             dtype=sd.dtype, view_chunk=sd.view_chunk, decode_chunk=sd.decode_chunk)
-    return prior, None
+    return prior, presets.random_image_conditioner("tiny", config.seed + 3, dtype=sd.dtype)
   paths = resolve_weights(sd, config.weights)
   return loading.load_stable_diffusion(
       paths.base, vae=paths.vae, controlnets=paths.controlnets, ip_adapter=paths.ip_adapter,
@@ -123,20 +124,21 @@ def make_conditions(config, prior, conditioner, template: templates.Template, ph
   v, h, w = template.renders.shape[:3]
   controls = (jnp.asarray(template.heatmaps, jnp.float32) / 255.0,
               jnp.asarray(template.parsing, jnp.float32) / 255.0)[: len(sd.controlnet_scales)]
-  if conditioner is None:  # random tiny prior: random prompt embeddings and IP tokens, real control maps
+  # SDI's source: the template's own identity, from its frontal view (official: view 0's render).
+  frontal = np.asarray(template.renders[template.info.frontal_view if template.info.frontal_view < v else 0])
+  if config.weights == RANDOM_TINY:  # random prompt embeddings, real control maps, IP tokens of the real path
     base = presets.random_cond("tiny", jax.random.PRNGKey(config.seed + 1), num_views=v, height=h, width=w,
                                text_len=8, ip_tokens=4, guidance_scale=sd.guidance_scale,
                                control_scales=tuple(sd.controlnet_scales), ip_scale=sd.ip_adapter_scale)
+    ip = lambda image: jnp.broadcast_to(conditioner.ip_tokens(image), base.ip.shape)
     base = base.replace(controls=controls)
-    other = presets.random_cond("tiny", jax.random.PRNGKey(config.seed + 2), num_views=v, height=h, width=w,
-                                text_len=8, ip_tokens=4)
-    return base, base.replace(ip=other.ip)
+    if photo is not None:  # without one (the bare install check) the photo's tokens stay random
+      base = base.replace(ip=ip(photo), uncond_ip=jnp.broadcast_to(conditioner.uncond_ip_tokens(), base.ip.shape))
+    return base, base.replace(ip=ip(frontal))
   make = lambda image: conditioner.make_cond(
       v, sd.prompt, sd.negative_prompt, controls=controls, control_scales=tuple(sd.controlnet_scales),
       guidance_scale=sd.guidance_scale, photo=image, ip_scale=sd.ip_adapter_scale)
-  # SDI's source: the template's own identity, from its frontal view (official: view 0's render).
-  frontal = template.info.frontal_view if template.info.frontal_view < v else 0
-  return make(photo), make(np.asarray(template.renders[frontal]))
+  return make(photo), make(frontal)
 
 
 def identity_report(photo: np.ndarray, views: np.ndarray, cameras, frontal: int, max_yaw_deg: float = 30.0) -> dict:

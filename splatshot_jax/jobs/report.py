@@ -28,10 +28,14 @@ th { background: #f2f2f2; }
 .num td { text-align: right; }
 .num td:first-child { text-align: left; }
 .headline { font-size: 15px; background: #f7f7e8; padding: 8px; border: 1px solid #ddc; max-width: 980px; }
-.photo img { width: 112px; display: block; }
+.photo img { width: 104px; display: block; }
+.plots svg { display: block; }
+.bad { overflow-wrap: anywhere; }
+.name { min-width: 76px; max-width: 110px; overflow-wrap: anywhere; }
 .small td { border: none; padding: 0 6px 0 0; font-size: 12px; white-space: nowrap; }
 .bad { color: #b00; }
 .note { color: #555; font-size: 13px; max-width: 980px; }
+.warning { font-size: 15px; background: #fde8e8; color: #700; padding: 8px; border: 1px solid #d99; max-width: 980px; }
 """
 
 
@@ -139,7 +143,7 @@ def _image(src: str, alt: str, width: int = 112) -> str:
 def _photo_row(row: dict, ev: dict | None, out_dir: Path) -> str:
   name = html.escape(Path(row["photo"]).name)
   if ev is None:
-    return (f'<tr><td>{name}</td><td colspan="8" class="bad">{html.escape(row["status"])}: '
+    return (f'<tr><td class="name">{name}</td><td colspan="7" class="bad">{html.escape(row["status"])}: '
             f'{html.escape(row.get("error", ""))}</td></tr>')
   folder = row["folder"]
   cells = []
@@ -170,8 +174,9 @@ def _photo_row(row: dict, ev: dict | None, out_dir: Path) -> str:
   disc = ev.get("discrepancy_per_step") or []
   disc_plot = svg_plot([{"x": list(range(len(disc))), "y": disc, "color": "#d62728"}], xlabel="step", width=220,
                        ylabel="discrepancy L") if disc else "–"
-  return (f"<tr><td>{name}</td>{''.join(cells)}<td><table class='small'>{num_html}</table></td>"
-          f"<td>{yaw_plot}</td><td>{disc_plot}</td></tr>")
+  # The two plots share a column, one above the other, so that the table fits a 1200 px window.
+  return (f"<tr><td class='name'>{name}</td>{''.join(cells)}<td><table class='small'>{num_html}</table></td>"
+          f"<td class='plots'>{yaw_plot}{disc_plot}</td></tr>")
 
 
 def paper_table_html(paper: dict) -> str:
@@ -218,16 +223,30 @@ def paper_table_html(paper: dict) -> str:
           f"<p class='note'>{html.escape(paper.get('turntables', ''))}</p>")
 
 
-def write_report(path, rows: Sequence[dict], evaluations: dict, table: Sequence[dict],
-                 paper: dict | None = None) -> Path:
-  """Writes the report (see the module docstring); `rows` as in evaluation.csv, `evaluations` by folder name,
-  `paper` the paper protocol's results (`paper_metrics.evaluate_paper`; its table follows the aggregate one)."""
+def _random_weights_banner(random_weights: int, done: int) -> str:
+  """The warning on top of a report whose avatars came from the install check's random weights."""
+  if not random_weights:
+    return ""
+  return (f"<p class='warning'><b>Random weights.</b> {random_weights} of the {done} evaluated avatars were made "
+          "with the install check's random tiny denoiser (config.weights = \"random-tiny\"): their numbers test "
+          "the evaluation, not the method, and are not comparable with the published official 0.54. Give "
+          "--config.weights=WEIGHTS to the batch for a real evaluation.</p>")
+
+
+def write_report(path, rows: Sequence[dict], evaluations: dict, table: Sequence[dict], *,
+                 paper: dict | None = None, random_weights: int = 0) -> Path:
+  """Writes the report (see the module docstring); `rows` as in evaluation.csv, `evaluations` by folder name.
+
+  paper: the paper protocol's results (`paper_metrics.evaluate_paper`); its table follows the aggregate one.
+  random_weights: how many avatars came from random weights (the install check); > 0 puts a warning on top.
+  """
   path = Path(path)
   done = sum(r["status"] == "done" for r in rows)
+  title = "SplatShot evaluation" + (" (random weights)" if random_weights else "")
   parts = [
-      "<!DOCTYPE html><html><head><meta charset='utf-8'><title>SplatShot evaluation</title>",
+      f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>",
       f"<style>{_STYLE}</style></head><body>",
-      f"<h1>SplatShot evaluation</h1><p class='note'>{done} of {len(rows)} photos evaluated. Identity: dlib "
+      f"<h1>{title}</h1>{_random_weights_banner(random_weights, done)}<p class='note'>{done} of {len(rows)} photos evaluated. Identity: dlib "
       "distance between the photo and the avatar rendered on a yaw sweep in the template's rig frame (lower is "
       f"more alike; dlib calls &lt; {SAME_PERSON} the same person); the official turntable videos get the same "
       "metric frame by frame. Consistency: PSNR/SSIM of the final diffusion views against the avatar's renders of "
@@ -236,7 +255,7 @@ def write_report(path, rows: Sequence[dict], evaluations: dict, table: Sequence[
       "<h2>Aggregate</h2>", _headline(table), _aggregate_html(table),
       paper_table_html(paper) if paper else "",
       "<h2>Per photo</h2><table><tr><th>photo</th><th>input</th><th>frontal</th><th>side</th><th>side</th>"
-      "<th>turntable</th><th>numbers</th><th>identity vs yaw</th><th>discrepancy per step</th></tr>",
+      "<th>turntable</th><th>numbers</th><th>identity vs yaw; discrepancy per step</th></tr>",
   ]
   parts += [_photo_row(r, evaluations.get(r["folder"]), path.parent) for r in rows]
   parts.append("</table></body></html>")
