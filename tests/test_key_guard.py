@@ -20,8 +20,8 @@ INT32_LIMIT = 2**31
 
 
 def _reference(x0, x1, y0, y1, tiles_x, depth_rank):
-  """Sorted (tile, gaussian) pairs of the visible Gaussians' tile rectangles."""
-  pairs = [(ty * tiles_x + tx, depth_rank[g], g) for g in x0
+  """Sorted (tile, gaussian) pairs of the visible Gaussians' tile rectangles ({gaussian: first/end tile})."""
+  pairs = [(ty * tiles_x + tx, depth_rank[g], g) for g in sorted(x0)
            for ty in range(y0[g], y1[g]) for tx in range(x0[g], x1[g])]
   pairs.sort()
   return [(t, g) for t, _, g in pairs]
@@ -49,7 +49,6 @@ def test_pair_order_at_the_int32_key_boundary(case):
   width, height = tiles_x * TS, tiles_y * TS
   assert tile_grid(width, height, TS) == (tiles_x, tiles_y)
 
-  rng = np.random.default_rng(0)
   means = np.full((n, 2), -1e4, np.float32)
   radii = np.zeros(n, np.int32)
   depths = np.linspace(1.0, 50.0, n).astype(np.float32)  # rank = index: the last Gaussian is the farthest
