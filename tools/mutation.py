@@ -279,8 +279,8 @@ MUTATIONS = [
     M("M74", "splatshot_jax/guidance.py", "state = state.replace(z=z, model=model, rng=rng)",
       "state = state.replace(z=z, rng=rng)", "tests/test_recurrence.py",
       why="self-recurrence round restarts from the previous step's model, not the refit one"),
-    M("M75", "splatshot_jax/jobs/batch.py", "skipped = [p for p in mine if is_finished(photo_folder(out, p))]",
-      "skipped = [p for p in mine if photo_folder(out, p).is_dir()]", "tests/test_batch_resume.py",
+    M("M75", "splatshot_jax/jobs/batch.py", "if not is_finished(folder):",
+      "if not folder.is_dir():", "tests/test_batch_resume.py",
       why="batch resume skips any existing photo folder"),
     M("M76", "splatshot_jax/jobs/evaluation.py", "near = [k for k, y in enumerate(yaws) if abs(y) <= max_yaw]",
       "near = [k for k, y in enumerate(yaws) if y <= max_yaw]",
@@ -309,8 +309,8 @@ MUTATIONS = [
     M("M83", "splatshot_jax/render/tiles.py", "return (num_tiles + 1) * n < 2**31", "return (num_tiles + 1) * n < 2**32",
       "tests/test_key_guard.py", why="int32 key guard at the unsigned limit"),
     M("M84", "splatshot_jax/render/composite_triton.py",
-      "tiles_x, _ = tile_grid(cfg.width, cfg.height, cfg.tile_size)",
-      "_, tiles_x = tile_grid(cfg.width, cfg.height, cfg.tile_size)", "tests/test_triton_layout.py",
+      "tiles_x, tiles_y = tile_grid(cfg.width, cfg.height, cfg.tile_size)",
+      "tiles_y, tiles_x = tile_grid(cfg.width, cfg.height, cfg.tile_size)", "tests/test_triton_layout.py",
       why="Triton launch: tile rows taken for columns (TILES_X = tiles_y)"),
 ]
 
