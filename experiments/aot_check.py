@@ -28,6 +28,8 @@ import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+# libtpu holds a lockfile for one process per host; compile-only use touches no chip, so several may run.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 # Both need a device (Triton GEMM autotuning, the CUB sort probe); without them the GPU compile is deviceless.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_gpu_enable_triton_gemm=false --xla_gpu_enable_cub_radix_sort=false").strip()

@@ -44,7 +44,7 @@ def test_tiny_step_parts_compile_for_an_h100_with_the_gpu_paths():
   out = _aot_check("h100", "--dtype=bf16", "--part=eps,render")
   assert "code paths for gpu" in out
   summary = _summary(out)
-  assert set(summary) == {"eps", "render"} and all(float(v) > 0 for v in summary.values()), out
+  assert set(summary) == {"eps", "render"} and all(float(v) >= 0 for v in summary.values()), out
   # The GPU branch of the attention: cuDNN's fused kernel in the compiled eps (tiny heads are 8 wide).
   eps_table = out.split("### eps")[1].split("###")[0]
   assert int(eps_table.splitlines()[3].split("|")[6]) > 0, eps_table
@@ -56,4 +56,4 @@ def test_tiny_step_parts_compile_for_a_tpu_v5e():
   out = _aot_check("v5e", "--part=eps,render")
   assert "code paths for tpu" in out and "TPU v5 lite" in out
   summary = _summary(out)
-  assert set(summary) == {"eps", "render"} and all(float(v) > 0 for v in summary.values()), out
+  assert set(summary) == {"eps", "render"} and all(float(v) >= 0 for v in summary.values()), out
