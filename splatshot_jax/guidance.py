@@ -38,6 +38,7 @@ from splatshot_jax import fit as fit_lib
 from splatshot_jax import metrics
 from splatshot_jax.diffusion import ddim
 from splatshot_jax.render import render_views
+from splatshot_jax.render.composite import ALPHA_MAX
 
 Pytree = Any
 
@@ -359,6 +360,31 @@ def gaussian_scene(fit_cfg=None, *, background=(0.0, 0.0, 0.0), render_kwargs=()
       init_refit_state=functools.partial(_init_refit_state, fit_cfg=fit_cfg),
       refit_with_state=functools.partial(_refit_gaussians_with_state, fit_cfg=fit_cfg),
   )
+
+
+def refit_scene(refit: dict, *, mesh=None) -> Scene3D:
+  """The Gaussian Scene3D of a config's `refit` section: fit.FitConfig fields plus `alpha_max` (the rasterizer's
+  α clamp of the refit and of the renders) and `backend` (the compositor of both).
+
+  One Scene3D per distinct setting in a process (cached): the jitted step is keyed on it, so runs share its
+  compilations. Raises ValueError naming an unknown field.
+  """
+  values = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in dict(refit).items()}
+  alpha_max = float(values.pop("alpha_max", ALPHA_MAX))
+  known = {f.name for f in dataclasses.fields(fit_lib.FitConfig)} - {"num_iters", "mesh", "render_kwargs"}
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise ValueError(f"config.refit: unknown field(s) {unknown}; expected a subset of {sorted(known | {'alpha_max'})}")
+  background = tuple(float(b) for b in values.get("background", (0.0, 0.0, 0.0)))
+  values["background"] = background
+  render_kwargs = (("alpha_max", alpha_max), ("backend", values.get("backend", "auto")))
+  return _cached_scene(fit_lib.FitConfig(**values, mesh=mesh, render_kwargs=render_kwargs[:1]), background,
+                       render_kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_scene(fit_cfg, background, render_kwargs) -> Scene3D:
+  return gaussian_scene(fit_cfg, background=background, render_kwargs=render_kwargs)
 
 
 def _render_gaussians(gaussians, cameras, *, background, render_kwargs):
