@@ -392,6 +392,29 @@ def test_official_quirks_keep_K_and_stretch_the_control_maps():
     np.testing.assert_array_equal(np.asarray(getattr(aligned, field)), padded)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_step_runs(dtype):
+  """The official run is float16 (bfloat16 for TPUs): one SplatShot step with feedback stays finite in both."""
+  from splatshot_jax.diffusion import presets
+  if dtype == "float16" and jax.default_backend() == "cpu":
+    pytest.skip("XLA's CPU backend has no float16 dot_general with float32 accumulation (jax.nn."
+                "dot_product_attention in diffusion/layers.py): float16 runs on GPUs only")
+  prior = presets.random_stable_diffusion("tiny", 0, dtype=dtype, view_chunk=1, decode_chunk=1)
+  cond = presets.random_cond("tiny", jax.random.key(1), num_views=1, height=16, width=16, text_len=4, ip_tokens=2)
+  z = prior.encode(jnp.full((1, 16, 16, 3), 0.5), jax.random.key(2))
+  state = guidance.SplatShotState(z=z, eps_gt=jnp.zeros_like(z), model=jnp.full((1, 16, 16, 3), 0.4),
+                                  rng=jax.random.key(3))
+  scene = guidance.Scene3D(render=lambda m, c: m, refit=lambda m, c, imgs, w, rng, n: imgs * 0.9)
+  z_dtype = z.dtype
+  state, aux = guidance.splatshot_step(state, jnp.int32(480), prior=prior, schedule=ddim.official_schedule(25),
+                                       cameras=None, cond_photo=cond, scene=scene,
+                                       cfg=guidance.GuidanceConfig(sdi=False, guidance_weight=5e4))
+  assert state.z.dtype == z_dtype
+  assert {leaf.dtype for leaf in jax.tree.leaves(prior) if jnp.issubdtype(leaf.dtype, jnp.floating)} == {
+      jnp.dtype(dtype)}  # the model runs in the half type
+  assert np.isfinite(np.asarray(state.z, np.float32)).all() and float(aux.eps_correction) > 0
+
+
 # ----------------------------------------------------------------------------------------------
 # Configs and the preflight.
 
