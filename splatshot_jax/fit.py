@@ -86,8 +86,8 @@ class FitConfig:
   backend: str = "auto"
   # How per-view weights w (the confidences) become draw probabilities p and loss scales s:
   # "minmax" (official refit): m = (w - min w) / (max w - min w) (all equal: m = 1); p = m / Σ m, s = m.
-  # "normalized": p = w / Σ w, s = w / max w.
-  view_weighting: str = "minmax"
+  # "normalized" (a plain weighted fit; `official_refit_config` sets "minmax"): p = w / Σ w, s = w / max w.
+  view_weighting: str = "normalized"
   # SSIM padding of the loss: "same" (3DGS, template fits) or "valid" (the official refit's fused SSIM).
   ssim_padding: str = "same"
 
