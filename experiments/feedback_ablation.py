@@ -21,7 +21,7 @@ from splatshot_jax.jobs.outputs import write_json
 def run(config) -> dict:
   setup = ablation.AblationSetup(**config.setup.to_dict())
   scfg = sampler.sampler_config(config)
-  scene = guidance.gaussian_scene()  # built once: a static argument of the jitted step
+  scene = guidance.refit_scene(config.refit.to_dict())  # built once: a static argument of the jitted step
   all_runs, seconds = [], []
   for seed in config.seeds:
     t0 = time.time()

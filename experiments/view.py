@@ -58,8 +58,9 @@ def main(argv=None) -> Path:
     parser.error(f"--background must be r,g,b, got {args.background!r}")
   cams = cameras_near(args.ply)
   out = args.out or default_output(args.ply)
+  # A run folder's config.json says which α clamp the avatar was made with (config.refit.alpha_max).
   viewer.write_viewer(out, g, cams, name=args.ply.parent.name + "/" + args.ply.name, background=bg,
-                      initial_camera=args.camera)
+                      initial_camera=args.camera, alpha_max=viewer.run_alpha_max(args.ply.parent / "config.json"))
   print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {g.num} Gaussians, "
         f"{'no' if cams is None else len(cams)} cameras{' (default ring)' if cams is None else ''})")
   if args.screenshot is not None:

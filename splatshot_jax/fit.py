@@ -1,9 +1,14 @@
 """Fitting 3D Gaussians to posed images: the refit inside every SplatShot step, and template building.
 
 `fit` runs N Adam iterations in one `lax.scan`. Each iteration renders one view (or a few), drawn
-uniformly or with probability proportional to a per-view weight (the paper's confidence weights),
-and minimises 0.8·L1 + 0.2·(1 − SSIM) scaled by the view's weight. Learning rates are the usual
-3DGS/gsplat per-parameter-group ones (the official SplatShot code uses the same numbers).
+uniformly or according to per-view weights (the paper's confidence weights), and minimises
+0.8·L1 + 0.2·(1 − SSIM) scaled by the view's weight. Learning rates are the usual 3DGS/gsplat
+per-parameter-group ones (the official SplatShot refit uses the same numbers, eps 1e-15, constant).
+
+The official refit (`official_refit_config`): confidences min-max rescaled to [0, 1] (all equal → all ones),
+the rescaled values are both the draw probabilities (normalised) and the loss scale, so the least confident
+view is never drawn (`view_weighting="minmax"`); SSIM with 'valid' padding; gsplat's α clamp 0.999; and one
+Adam state carried across all the refits of a run (`fit_steps(..., opt_state=...)`, threaded by the sampler).
 
 Densification (clone / split / prune, gsplat's default schedule) changes the number of Gaussians,
 which XLA cannot do inside one compiled loop. `fit_with_densification` therefore runs `fit` in
@@ -79,6 +84,35 @@ class FitConfig:
   # Compositor of `render` ("auto" | "xla" | "triton" | "triton_interpret"); a "backend" entry of
   # render_kwargs takes precedence.
   backend: str = "auto"
+  # How per-view weights w (the confidences) become draw probabilities p and loss scales s:
+  # "minmax" (official refit): m = (w - min w) / (max w - min w) (all equal: m = 1); p = m / Σ m, s = m.
+  # "normalized" (a plain weighted fit; `official_refit_config` sets "minmax"): p = w / Σ w, s = w / max w.
+  view_weighting: str = "normalized"
+  # SSIM padding of the loss: "same" (3DGS, template fits) or "valid" (the official refit's fused SSIM).
+  ssim_padding: str = "same"
+
+
+VIEW_WEIGHTINGS = ("minmax", "normalized")
+SSIM_PADDINGS = ("same", "valid")
+
+
+def official_refit_config(**overrides) -> FitConfig:
+  """FitConfig of the official SplatShot refit: per-group Adam LRs (eps 1e-15, constant), all groups trainable,
+  no densification, min-max view weights, 'valid' SSIM, gsplat's α clamp 0.999 (a render_kwargs entry)."""
+  cfg = FitConfig(view_weighting="minmax", ssim_padding="valid", render_kwargs=(("alpha_max", 0.999),))
+  return dataclasses.replace(cfg, **overrides)
+
+
+def view_weighting(view_weights: jax.Array, mode: str) -> tuple[jax.Array, jax.Array]:
+  """(draw probabilities (V,), loss scales (V,)) from per-view weights (V,) >= 0 (`FitConfig.view_weighting`)."""
+  if mode == "minmax":
+    lo, hi = jnp.min(view_weights), jnp.max(view_weights)
+    span = hi - lo
+    m = jnp.where(span > 0, (view_weights - lo) / jnp.where(span > 0, span, 1.0), 1.0)
+    return m / jnp.sum(m), m
+  if mode == "normalized":
+    return view_weights / jnp.sum(view_weights), view_weights / jnp.max(view_weights)
+  raise ValueError(f"FitConfig.view_weighting={mode!r}; expected one of {VIEW_WEIGHTINGS}")
 
 
 @struct.dataclass
@@ -101,7 +135,8 @@ class FitResult:
   opt_state: optax.OptState = None
 
 
-def _split_params(g: Gaussians) -> dict[str, jax.Array]:
+def split_params(g: Gaussians) -> dict[str, jax.Array]:
+  """The six optimiser groups (PARAM_GROUPS) of a Gaussians' leaves, as `make_optimizer(cfg).init` expects."""
   return {
       "means": g.means,
       "scales": g.log_scales,
@@ -110,6 +145,9 @@ def _split_params(g: Gaussians) -> dict[str, jax.Array]:
       "sh0": g.sh[:, :1],
       "shN": g.sh[:, 1:],
   }
+
+
+_split_params = split_params  # the name tests/test_refit_batching.py uses
 
 
 def _join_params(p: dict[str, jax.Array]) -> Gaussians:
@@ -188,7 +226,7 @@ def view_loss(
       sh_degree=cfg.sh_degree if sh_degree is None else sh_degree,
       **{"backend": cfg.backend, **dict(cfg.render_kwargs)},
   )
-  loss = metrics.photometric_loss(out.rgb, image, lambda_dssim=cfg.lambda_dssim)
+  loss = metrics.photometric_loss(out.rgb, image, lambda_dssim=cfg.lambda_dssim, padding=cfg.ssim_padding)
   return loss, out.overflow_total
 
 
@@ -230,9 +268,8 @@ def fit(
     cameras: Camera batch with leading dim V (shared width/height).
     images: (V, H, W, 3) float32 in [0, 1], H, W = cameras.height, cameras.width.
     cfg: static FitConfig.
-    view_weights: optional (V,) float32 ≥ 0 confidence per view. Views are drawn with probability
-      ∝ weight, and each view's loss is scaled by its weight rescaled to max 1 (the official refit).
-      None: uniform draws, unit weights.
+    view_weights: optional (V,) float32 ≥ 0 confidence per view, turned into draw probabilities and loss
+      scales by `cfg.view_weighting` ("minmax": the official refit). None: uniform draws, unit weights.
     rng: PRNG key for view sampling.
     start_iter: global index of the first iteration (traced; drives the SH schedule when the fit runs
       in chunks).
@@ -267,8 +304,9 @@ def fit_steps(
 
   A `lax.fori_loop` with a dynamic trip count (never differentiated), so the refit inside the SplatShot step
   compiles once whatever the per-step schedule (1000 iterations at the first step, 500 later). Same iterations
-  and draws as `fit` with num_iters: iteration i uses fold_in(rng, i), which is split(rng, n)[i] under JAX's
-  default (partitionable) threefry.
+  and draws as `fit` with num_iters: iteration i uses fold_in(rng, start_iter + i), which is split(rng, n)[i]
+  under JAX's default (partitionable) threefry when start_iter = 0. So two calls of n iterations, the second
+  with start_iter = n and the first's opt_state, are one call of 2n (the official Adam carried across refits).
 
   Args:
     num_iters: () int32, may be traced; `num_iterations(cfg, num_iters)` iterations run.
@@ -280,7 +318,7 @@ def fit_steps(
   start_iter = jnp.asarray(start_iter, jnp.int32)
 
   def body(i, carry):
-    carry, loss = step(carry[:-1], (start_iter + i, jax.random.fold_in(rng, i)))
+    carry, loss = step(carry[:-1], (start_iter + i, jax.random.fold_in(rng, start_iter + i)))
     return carry + (loss,)
 
   n_iters = jnp.asarray(num_iterations(cfg, jnp.asarray(num_iters, jnp.int32)), jnp.int32)
@@ -304,10 +342,14 @@ def _fit_iteration(gaussians, cameras, images, cfg, view_weights, opt_state):
                      "views; an iteration draws distinct views)")
   if view_weights is None:
     view_weights = jnp.ones((num_views,), jnp.float32)
-  probs = view_weights / jnp.sum(view_weights)
-  loss_scale = view_weights / jnp.max(view_weights)
+  if cfg.ssim_padding not in SSIM_PADDINGS:
+    raise ValueError(f"FitConfig.ssim_padding={cfg.ssim_padding!r}; expected one of {SSIM_PADDINGS}")
+  if cfg.ssim_padding == "valid" and min(images.shape[1:3]) < 11:
+    raise ValueError(f"FitConfig.ssim_padding='valid' needs views of at least 11x11 px (the SSIM window), got "
+                     f"{images.shape[2]}x{images.shape[1]}; use 'same'")
+  probs, loss_scale = view_weighting(view_weights, cfg.view_weighting)
   optimizer = make_optimizer(cfg)
-  params = _split_params(gaussians)
+  params = split_params(gaussians)
   if opt_state is None:
     opt_state = optimizer.init(params)
   max_degree = gaussians.sh_degree if cfg.sh_degree is None else cfg.sh_degree

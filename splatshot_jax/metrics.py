@@ -117,17 +117,18 @@ def psnr(a: jax.Array, b: jax.Array, *, max_val: float = 1.0,
 
 
 def photometric_loss(pred: jax.Array, target: jax.Array, lambda_dssim: float = 0.2,
-                     mask: jax.Array | None = None) -> jax.Array:
+                     mask: jax.Array | None = None, padding: str = "same") -> jax.Array:
   """The 3DGS training loss (1 - lambda) L1 + lambda (1 - SSIM), averaged over the batch.
 
   Args:
     pred, target: (..., H, W, C) float images in [0, 1].
     lambda_dssim: weight of the D-SSIM term (3DGS: 0.2).
     mask: optional (..., H, W[, 1]) pixel weights, e.g. a foreground mask.
+    padding: SSIM padding, 'same' (3DGS) or 'valid' (the official SplatShot refit's fused SSIM).
 
   Returns:
     scalar loss.
   """
   l = (1.0 - lambda_dssim) * l1(pred, target, mask)
-  l = l + lambda_dssim * (1.0 - ssim(pred, target, padding="same", mask=mask))
+  l = l + lambda_dssim * (1.0 - ssim(pred, target, padding=padding, mask=mask))
   return jnp.mean(l)

@@ -1,4 +1,8 @@
-"""The SplatShot run: template renders -> noised latents -> ~13 SplatShot steps -> avatar Gaussians.
+"""The SplatShot run: template renders -> noised latents -> 13 SplatShot steps -> avatar Gaussians.
+
+Official run (`SamplerConfig` defaults): the release's own DDIM (`ddim.official_schedule`: linear betas,
+timesteps 960, 920, ..., 0 without offset), 25 steps at strength 0.5 -> timesteps 480, 440, ..., 40, 0, the
+last step returning x̂0; the refit's Adam state is carried through all 13 refits (in the loop's state).
 
   result = run_splatshot(prior, template, photo_cond, cfg, rng, scene=gaussian_scene(), template_cond=...)
   write_outputs(result, out_dir, ...)        # avatar.ply, base.ply, views, turntable, x0 grid, json
@@ -11,6 +15,7 @@ kept on the host.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -30,10 +35,15 @@ class SamplerConfig:
   """Settings of one run (defaults: the paper's).
 
   Attributes:
-    num_inference_steps: DDIM grid size (official 25).
-    strength: SDEdit strength (official 0.5).
-    start: "official": start at index int(n * strength) of the grid, i.e. timesteps[12:] = 13 steps from
-      t = 481 at the paper setting (the released loop); "diffusers": `ddim.img2img_timesteps` (12 steps from 441).
+    num_inference_steps: DDIM grid size n (official 25).
+    strength: SDEdit strength s in [0, 1], the fraction of the schedule that is re-run (0: no step, the template
+      renders are encoded and decoded; 1: the whole schedule), under both starts (official 0.5).
+    start: "official": the run starts at grid index n - int(n (1 - s)), i.e. it re-runs the grid's last
+      n - int(n (1 - s)) points: 13 steps 480 ... 0 at the paper setting. The release computes the index as
+      int(n s), the same index at s = 0.5 (its only setting) but the opposite meaning elsewhere.
+      "diffusers": `ddim.img2img_timesteps` (int(n s) steps: 12 from 441 on the checkpoint grid).
+    schedule: "official" (`ddim.official_schedule`, what the released loop runs) or "checkpoint" (the weights
+      folder's scheduler_config.json, i.e. the `schedule` argument of `run_splatshot`; SD-1.5's by default).
     guidance: the step's GuidanceConfig.
     thumbnail: longest side of the per-step x0 images kept on the host (0: full size). uint8.
     progress: show a tqdm bar over timesteps.
@@ -42,6 +52,7 @@ class SamplerConfig:
   num_inference_steps: int = 25
   strength: float = 0.5
   start: str = "official"
+  schedule: str = "official"
   guidance: guidance.GuidanceConfig = guidance.GuidanceConfig()
   thumbnail: int = 128
   progress: bool = True
@@ -98,16 +109,35 @@ def _named_leaves(tree) -> list[tuple[str, Any]]:
   return [(jax.tree_util.keystr(path).lstrip("."), leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
 
 
+STARTS = ("official", "diffusers")
+
+
 def sampler_timesteps(schedule: ddim.DDIMSchedule, strength: float, start: str = "official") -> np.ndarray:
-  """(S,) int32 timesteps the run visits, descending (static: S sets the loop length)."""
+  """(S,) int32 timesteps the run visits, descending (static: S sets the loop length; S = 0 at strength 0).
+
+  strength is the fraction of the schedule that is re-run under both starts: "official" re-runs the grid's last
+  n - int(n (1 - strength)) points (13 of 25 at 0.5: 480 ... 0 on the official grid), "diffusers" its last
+  int(n strength) points (`ddim.img2img_timesteps`: 12 at 0.5).
+  """
+  if start not in STARTS:
+    raise ValueError(f"SamplerConfig.start={start!r}; expected one of {STARTS}")
+  if not 0.0 <= strength <= 1.0:
+    raise ValueError(f"SamplerConfig.strength={strength} must be in [0, 1]")
   if start == "diffusers":
     return ddim.img2img_timesteps(schedule, strength)
-  if start == "official":
-    if not 0.0 <= strength <= 1.0:
-      raise ValueError(f"strength={strength} must be in [0, 1]")
-    n = schedule.num_inference_steps
-    return np.asarray(schedule.timesteps)[min(int(n * strength), n - 1):].astype(np.int32)
-  raise ValueError(f"SamplerConfig.start={start!r}; expected 'official' or 'diffusers'")
+  n = schedule.num_inference_steps
+  return np.asarray(schedule.timesteps)[int(n * (1.0 - strength)):].astype(np.int32)
+
+
+def resolve_schedule(cfg: SamplerConfig, checkpoint: ddim.DDIMSchedule | None = None) -> ddim.DDIMSchedule:
+  """The DDIM schedule a run uses: `ddim.official_schedule` (cfg.schedule "official") or the checkpoint's
+  (`checkpoint`, default SD-1.5's `ddim.make_schedule`), with cfg.num_inference_steps points."""
+  if cfg.schedule == "official":
+    pred = checkpoint.prediction_type if checkpoint is not None else "epsilon"
+    return ddim.official_schedule(cfg.num_inference_steps, prediction_type=pred)
+  if cfg.schedule == "checkpoint":
+    return ddim.make_schedule(cfg.num_inference_steps) if checkpoint is None else checkpoint
+  raise ValueError(f"SamplerConfig.schedule={cfg.schedule!r}; expected one of {ddim.SCHEDULES}")
 
 
 def _non_finite(step: int, t: int, x0: np.ndarray, renders: np.ndarray, loss: float, shift: float
@@ -147,13 +177,14 @@ def _decode(prior, z):
   return jnp.clip(prior.decode(z), 0.0, 1.0)
 
 
-@jax.jit
-def _start(prior, images, schedule, t0, rng):
-  """Encode the template renders and noise them to t0: z = alpha z0 + sigma eps_gt (eps_gt kept for SDI)."""
+@functools.partial(jax.jit, static_argnames=("noise",))
+def _start(prior, images, schedule, t0, rng, noise=True):
+  """Encode the template renders and noise them to t0: z = alpha z0 + sigma eps_gt (eps_gt kept for SDI).
+  noise=False (strength 0): z = z0."""
   enc_key, noise_key = jax.random.split(rng)
   z0 = prior.encode(images, enc_key)
   eps_gt = jax.random.normal(noise_key, z0.shape, z0.dtype)
-  return ddim.add_noise(schedule, z0, eps_gt, t0), eps_gt
+  return (ddim.add_noise(schedule, z0, eps_gt, t0) if noise else z0), eps_gt
 
 
 def run_splatshot(
@@ -179,7 +210,9 @@ def run_splatshot(
     scene: Scene3D (render + refit); required when cfg.guidance.feedback. Build it once: it is a static
       argument of the jitted step, and a new one recompiles.
     template_cond: the prior's conditioning with the template (required when cfg.guidance.sdi).
-    schedule: DDIM schedule; default `ddim.make_schedule(cfg.num_inference_steps)` (SD-1.5's).
+    schedule: the DDIM schedule to run (the prior must have been made for it); None: `resolve_schedule(cfg)`
+      (cfg.schedule "official": `ddim.official_schedule`, the default). The pipeline passes
+      `resolve_schedule(cfg, <the weights folder's schedule>)`.
   Returns:
     SplatShotResult.
 
@@ -194,13 +227,20 @@ def run_splatshot(
   if gcfg.sdi and template_cond is None:
     raise ValueError("run_splatshot: cfg.guidance.sdi=True needs template_cond= (the template's conditioning)")
   if schedule is None:
-    schedule = ddim.make_schedule(cfg.num_inference_steps)
+    schedule = resolve_schedule(cfg)
   timesteps = sampler_timesteps(schedule, cfg.strength, cfg.start)
   images = jnp.asarray(template.images, jnp.float32)
 
   rng, start_key = jax.random.split(rng)
-  z, eps_gt = _start(prior, images, schedule, jnp.int32(timesteps[0]), start_key)
-  state = guidance.SplatShotState(z=z, eps_gt=eps_gt, model=template.gaussians, rng=rng)
+  if len(timesteps):
+    z, eps_gt = _start(prior, images, schedule, jnp.int32(timesteps[0]), start_key)
+  else:  # strength 0: nothing is re-run, the template renders go through the VAE and back
+    z, eps_gt = _start(prior, images, schedule, jnp.int32(-1), start_key, noise=False)
+  refit_state = None
+  if gcfg.feedback and gcfg.carry_adam and scene.init_refit_state is not None:
+    refit_state = scene.init_refit_state(template.gaussians)  # one optimiser for all the run's refits
+  state = guidance.SplatShotState(z=z, eps_gt=eps_gt, model=template.gaussians, rng=rng, refit_state=refit_state,
+                                  refit_iter=jnp.int32(0))
 
   steps = enumerate(timesteps)
   if cfg.progress:
@@ -230,6 +270,12 @@ def run_splatshot(
 
   final = _decode(prior, state.z)
   final_np = np.asarray(final)
+  if not x0s:  # no step ran (strength 0): empty per-step arrays of the thumbnails' size
+    thumb = _thumbnail(np.zeros((1,) + final_np.shape[1:], np.float32), cfg.thumbnail)
+    empty = np.zeros((0, final_np.shape[0]) + thumb.shape[1:], np.uint8)
+    stack = lambda xs: empty
+  else:
+    stack = np.stack
   leaves = [(k, np.asarray(v)) for k, v in _named_leaves(state.model)]  # copied to the host once, at the end
   model_bad = [f"{k}: {int((~np.isfinite(v)).sum())}" for k, v in leaves
                if v.dtype.kind == "f" and not np.isfinite(v).all()]
@@ -238,7 +284,7 @@ def run_splatshot(
         ["the final latents' decode"] if not np.isfinite(final_np).all() else [])
     raise errors.NonFiniteError([errors.Problem("", f"after the last step: {' and '.join(what)}")],
                                 "the sampler produced non-finite values", step=len(timesteps),
-                                partial={"x0_images": np.stack(x0s), "renders": np.stack(renders),
+                                partial={"x0_images": stack(x0s), "renders": stack(renders),
                                          "timesteps": np.asarray(timesteps, np.int32)})
   if scene is not None:
     # Eager on purpose: scene.render's own jit cache is shared with the template renders (no extra compile).
@@ -251,8 +297,8 @@ def run_splatshot(
       base=template.gaussians,
       final_images=final_np,
       view_weights=np.asarray(weights),
-      x0_images=np.stack(x0s),
-      renders=np.stack(renders),
+      x0_images=stack(x0s),
+      renders=stack(renders),
       discrepancy=np.asarray(losses, np.float32),
       eps_correction=np.asarray(shifts, np.float32),
       timesteps=np.asarray(timesteps, np.int32),

@@ -16,7 +16,7 @@ def test_missing_weights_are_all_listed(tmp_path):
   with pytest.raises(pipeline.MissingInputsError) as e:
     pipeline.resolve_weights(config.sd, str(tmp_path))
   msg = str(e.value)
-  for needed in ("stable-diffusion-v1-5/model_index.json", "ip-adapter-plus-face_sd15.bin",
+  for needed in (f"{config.sd.base}/model_index.json", "ip-adapter-plus-face_sd15.bin",
                  "image_encoder/config.json", "control_v11p_sd15_seg/config.json", "sd-vae-ft-mse"):
     assert needed in msg, msg
   assert "control_v11p_sd15_openpose" not in msg  # present, so not reported

@@ -183,7 +183,7 @@ def _case_weights_json(tmp, tpl):
 
 def _case_weights_header(tmp, tpl):
   _weights(tmp / "w")
-  path = tmp / "w" / "stable-diffusion-v1-5" / "unet" / "diffusion_pytorch_model.safetensors"
+  path = tmp / "w" / splatshot_sd15.get_config().sd.base / "unet" / "diffusion_pytorch_model.safetensors"
   path.write_bytes(path.read_bytes()[:-4])  # truncated: the header lists more bytes than the file has
   return _real_run(tmp), ["config.sd.base (unet)", "diffusion_pytorch_model.safetensors", "truncated"]
 

@@ -170,7 +170,8 @@ def test_splatshot_step_compiles_once_per_run():
   cond = AnalyticCond(same_view_mask(np.array([0, 1, 0, 1]), np.arange(2)))
   template = types.SimpleNamespace(gaussians=g, cameras=cams, images=base)
   cfg = sampler.SamplerConfig(progress=False, guidance=guidance.GuidanceConfig(
-      sdi=False, guidance_weight=50.0, refit_iters_first=3, refit_iters=2))
+      sdi=False, guidance_weight=50.0, refit_iters_first=3, refit_iters=2,
+      ssim_padding="same"))  # 8x8 views: smaller than the 11 px window of 'valid' SSIM
   size = guidance.splatshot_step._cache_size()
   res = sampler.run_splatshot(prior, template, cond, cfg, jax.random.key(0), scene=scene, schedule=sched)
   assert len(res.timesteps) == 3 and np.isfinite(res.final_images).all()

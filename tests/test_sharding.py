@@ -39,7 +39,7 @@ def split(x):
   return (not s.is_fully_replicated) and len(s.device_set) == 4
 
 def step(prior, cond, scene, state, m, refit_iters=2):
-  cfg = guidance.GuidanceConfig(sdi=False, guidance_weight=50.0)
+  cfg = guidance.GuidanceConfig(sdi=False, guidance_weight=50.0, ssim_padding="same")  # 8x8 views < SSIM window
   return guidance.splatshot_step(state, t, prior=sharding.shard_prior(prior, m), schedule=sched, cameras=cams,
                                  cond_photo=sharding.put_views(cond, m), scene=scene(m), cfg=cfg,
                                  refit_iters=jnp.int32(refit_iters))

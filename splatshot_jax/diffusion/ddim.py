@@ -1,8 +1,14 @@
 """DDIM (Song et al. 2021, eta = 0) as pure functions over a `DDIMSchedule` pytree.
 
-Bit-for-bit the arithmetic of diffusers' `DDIMScheduler` (clip_sample off, thresholding off, eta 0),
-which is what the paper's official code runs: 1000 train steps, scaled_linear 0.00085-0.012,
-steps_offset 1, set_alpha_to_one off, "leading" spacing.
+Two schedules:
+  * `make_schedule` / `schedule_from_config`: bit-for-bit the arithmetic of diffusers' `DDIMScheduler`
+    (clip_sample off, thresholding off, eta 0) for a weights folder's scheduler_config.json (SD-1.5's:
+    scaled_linear 0.00085-0.012, steps_offset 1, set_alpha_to_one off, "leading" spacing). The official
+    pipeline builds this scheduler but never uses it.
+  * `official_schedule`: what the released SplatShot loop actually runs (its own DDIM): **linear** betas
+    linspace(0.00085, 0.012, 1000) in float32, ᾱ = cumprod(1 - β), timesteps flip(arange(n) * T/n) with no
+    offset (960, ..., 0 for n = 25), and the step from t = 0 returns x̂0 itself (ᾱ after the last step is 1).
+    Pinned against `../shared/reference/official-schedule.json` (tests/test_ddim.py).
 
 Notation: ᾱ_t = alphas_cumprod[t], α_t = sqrt(ᾱ_t), σ_t = sqrt(1 - ᾱ_t), so z_t = α_t x0 + σ_t ε.
 
@@ -131,6 +137,21 @@ def make_schedule(
       num_inference_steps=num_inference_steps,
       prediction_type=prediction_type,
   )
+
+
+def official_schedule(num_inference_steps: int = 25, *, prediction_type: str = "epsilon") -> DDIMSchedule:
+  """The schedule of the released SplatShot loop (its own DDIM, not the pipeline's diffusers scheduler).
+
+  Linear betas linspace(0.00085, 0.012, 1000) (float32), ᾱ = cumprod(1 - β), timesteps
+  flip(arange(n) * (1000 // n)) with no offset, e.g. 960, 920, ..., 40, 0 for n = 25. The step from the last
+  timestep (t = 0) returns x̂0 itself: ᾱ "after the last step" is 1 (set_alpha_to_one), so
+  z_prev = 1 · x̂0 + 0 · ε exactly.
+  """
+  return make_schedule(num_inference_steps, beta_schedule="linear", steps_offset=0, set_alpha_to_one=True,
+                       timestep_spacing="leading", prediction_type=prediction_type)
+
+
+SCHEDULES = ("official", "checkpoint")
 
 
 def schedule_from_config(config: dict[str, Any], num_inference_steps: int) -> DDIMSchedule:

@@ -131,11 +131,11 @@ def run_ablation(setup: AblationSetup, scfg: sampler.SamplerConfig, seed: int = 
     setup: AblationSetup.
     scfg: SamplerConfig of the feedback run (the plain run is the same with guidance.feedback False).
     seed: PRNG seed shared by both runs (same initial noise).
-    scene: Scene3D for the refit; default `guidance.gaussian_scene()` (official refit settings).
+    scene: Scene3D for the refit; default `guidance.gaussian_scene()` (the official refit).
   Returns:
     dict with per-run results ("plain", "feedback"): SplatShotResult, metrics, nearest subjects; and the setup.
   """
-  schedule = ddim.make_schedule(scfg.num_inference_steps)
+  schedule = sampler.resolve_schedule(scfg)  # the analytic prior is built for the run's schedule
   s = make_setup(setup, schedule)
   scene = scene or guidance.gaussian_scene()
   runs = {}

@@ -34,7 +34,7 @@ from splatshot_jax.datasets import scene_frame
 from splatshot_jax.io import images as image_io
 from splatshot_jax.io import exports, ply
 from splatshot_jax.io.atomic import atomic_path
-from splatshot_jax.viewer import write_viewer
+from splatshot_jax.viewer import run_alpha_max, write_viewer
 
 
 def cameras_to_json(cameras: Camera) -> dict:
@@ -147,10 +147,11 @@ def write_outputs(
   written.update(avatar=out / "avatar.ply", base=out / "base.ply")
   if viewer and hasattr(result.gaussians, "sh"):
     # The avatar page's title and panel say when it came from the install check's random weights (the base is the
-    # template's own head either way).
+    # template's own head either way); the pages draw with the α clamp the avatar was fitted with (config.refit.alpha_max).
     note = " (install check: random weights)" if (extra_metrics or {}).get("install_check") else ""
     for key, label, g in (("viewer", "avatar" + note, result.gaussians), ("base_viewer", "base", result.base)):
-      written[key] = write_viewer(out / f"{key}.html", jax.tree.map(np.asarray, g), cameras, name=label)
+      written[key] = write_viewer(out / f"{key}.html", jax.tree.map(np.asarray, g), cameras, name=label,
+                                  alpha_max=run_alpha_max(config))
 
   views = np.asarray(result.final_images)
   view_files = [out / "views" / f"view_{i:03d}.png" for i in range(len(views))]

@@ -3,25 +3,31 @@
 `experiments/splatshot.py` calls these in order; each checks its inputs first and fails with one
 error that lists everything missing and where it was looked for, before any model is built.
 
+What the released run does here (and the config fields that switch it, docs/fidelity.md): template views whose
+control maps failed (`valid` false) are dropped (`config.drop_invalid_views`); the views are padded to a multiple
+of 16 with, under `config.official_quirks`, the release's two bugs (the cameras keep the unpadded K, so renders
+sit off the centre-padded targets, and the control maps are LANCZOS-stretched to the padded size instead of
+padded); SDI's source identity is view `config.guidance.sdi_source_view` (0) of the kept views; the SD models run
+in `config.sd.dtype` (float16).
+
 The weights layout and where templates are looked for: `jobs/inputs.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from splatshot_jax import cameras as cam_lib
 from splatshot_jax import errors, guidance, sampler, templates
 from splatshot_jax.jobs import outputs
 from splatshot_jax.device import sharding
-from splatshot_jax import fit as fit_lib
 from splatshot_jax.diffusion import denoiser, loading, presets
 from splatshot_jax.io import images as image_io
 from splatshot_jax.io.images import to_uint8
@@ -44,20 +50,39 @@ def load_prior(config):
       view_chunk=sd.view_chunk, decode_chunk=sd.decode_chunk)
 
 
-def pad_template(t: templates.Template, multiple: int = 16) -> templates.Template:
+def pad_template(t: templates.Template, multiple: int = 16, *, official_quirks: bool = False) -> templates.Template:
   """Pads renders, control maps and cameras to a multiple of `multiple` px, centred, mirrored edges.
 
   SD's VAE and UNet need sizes divisible by 8 (latents) and the official code pads its 802x550
-  views to 816x560 the same way; the cameras are padded too so renders line up with the images.
+  views to 816x560 the same way. Aligned (official_quirks False): the control maps are padded like the renders
+  and the cameras' principal point shifts with the padding, so renders line up with the images.
+  official_quirks True (the release): the cameras only grow (K unchanged: renders sit (-left, -top) px off the
+  padded targets, (-5, -7) at 550x802) and the control maps are LANCZOS-resized (stretched) to the padded size.
   """
   h, w = t.renders.shape[1:3]
   if h % multiple == 0 and w % multiple == 0:
     return t
   pad_one = lambda x: image_io.pad_to_multiple(np.asarray(x), multiple)[0]
   _, (top, bottom, left, right) = image_io.pad_to_multiple(np.zeros((h, w)), multiple)
-  stack = lambda xs: jnp.asarray(np.stack([pad_one(x) for x in np.asarray(xs)]))
-  return t.replace(renders=stack(t.renders), heatmaps=stack(t.heatmaps), parsing=stack(t.parsing),
-                   cameras=cam_lib.pad(t.cameras, top, bottom, left, right))
+  stack = lambda xs, one=pad_one: jnp.asarray(np.stack([one(x) for x in np.asarray(xs)]))
+  if not official_quirks:
+    return t.replace(renders=stack(t.renders), heatmaps=stack(t.heatmaps), parsing=stack(t.parsing),
+                     cameras=cam_lib.pad(t.cameras, top, bottom, left, right))
+  size = (w + left + right, h + top + bottom)
+  # As the release: the uint8 RGB map resized as a PIL image (8-bit result).
+  stretch = lambda x: np.asarray(Image.fromarray(np.asarray(x, np.uint8)).resize(size, Image.Resampling.LANCZOS))
+  grown = cam_lib.crop(t.cameras, 0, 0, size[0], size[1])  # same K, bigger image
+  return t.replace(renders=stack(t.renders), heatmaps=stack(t.heatmaps, stretch), parsing=stack(t.parsing, stretch),
+                   cameras=grown)
+
+
+def keep_views(t: templates.Template, kept: np.ndarray) -> templates.Template:
+  """The template restricted to views `kept` (ascending (K,) ints); its frontal view re-indexed (0 if dropped)."""
+  kept = np.asarray(kept)
+  frontal = np.nonzero(kept == t.info.frontal_view)[0]
+  info = dataclasses.replace(t.info, frontal_view=int(frontal[0]) if len(frontal) else 0)
+  return t.replace(cameras=t.cameras[kept], renders=t.renders[kept], heatmaps=t.heatmaps[kept],
+                   parsing=t.parsing[kept], valid=t.valid[kept], info=info)
 
 
 def _load_template_folder(folder: Path) -> templates.Template:
@@ -99,10 +124,16 @@ def load_base_template(config, photo: np.ndarray | None = None, candidates: list
   if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(t):  # preflight reports it first
     raise MissingInputsError(f"config.num_views: expected an integer in [1, {len(t)}] (the template's views), "
                              f"got {n!r}")
-  if n < len(t):
-    t = t.replace(cameras=t.cameras[:n], renders=t.renders[:n], heatmaps=t.heatmaps[:n], parsing=t.parsing[:n],
-                  valid=t.valid[:n])
-  return pad_template(t), choice_info
+  kept = np.arange(n)
+  if config.get("drop_invalid_views", False):  # the release loads only the views whose control maps exist
+    kept = np.nonzero(np.asarray(t.valid[:n], bool))[0]
+    if not len(kept):
+      raise MissingInputsError(f"config.template: all {n} views of {t.name} are marked invalid (no control maps); "
+                               "set config.drop_invalid_views=False to use them anyway")
+    choice_info["dropped_views"] = sorted(set(range(n)) - set(kept.tolist()))
+  if len(kept) < len(t):
+    t = keep_views(t, kept)
+  return pad_template(t, official_quirks=bool(config.get("official_quirks", False))), choice_info
 
 
 def load_photo(path: str) -> np.ndarray:
@@ -118,14 +149,25 @@ def load_photo(path: str) -> np.ndarray:
   return image_io.load_image(Path(path).expanduser())
 
 
+def sdi_source_view(config, template: templates.Template) -> int:
+  """The view whose render conditions SDI's eps_src: config.guidance.sdi_source_view (official 0, a side view) of
+  the template's (kept) views. Raises MissingInputsError when the template has fewer views."""
+  v = int(config.guidance.get("sdi_source_view", 0))
+  if not 0 <= v < template.renders.shape[0]:
+    raise MissingInputsError(f"config.guidance.sdi_source_view: expected a view index in [0, "
+                             f"{template.renders.shape[0]}) (the template's views kept), got {v}")
+  return v
+
+
 def make_conditions(config, prior, conditioner, template: templates.Template, photo: np.ndarray | None):
-  """(cond with the photo, cond with the template's own frontal render) for all template views."""
+  """(cond with the photo, cond with the template's render of view config.guidance.sdi_source_view) for all
+  template views (official: view 0)."""
   sd = config.sd
   v, h, w = template.renders.shape[:3]
   controls = (jnp.asarray(template.heatmaps, jnp.float32) / 255.0,
               jnp.asarray(template.parsing, jnp.float32) / 255.0)[: len(sd.controlnet_scales)]
-  # SDI's source: the template's own identity, from its frontal view (official: view 0's render).
-  frontal = np.asarray(template.renders[template.info.frontal_view if template.info.frontal_view < v else 0])
+  # SDI's source: the template's own identity, from one view's render (official: view 0, not the frontal one).
+  source = np.asarray(template.renders[sdi_source_view(config, template)])
   if config.weights == RANDOM_TINY:  # random prompt embeddings, real control maps, IP tokens of the real path
     base = presets.random_cond("tiny", jax.random.PRNGKey(config.seed + 1), num_views=v, height=h, width=w,
                                text_len=8, ip_tokens=4, guidance_scale=sd.guidance_scale,
@@ -134,11 +176,11 @@ def make_conditions(config, prior, conditioner, template: templates.Template, ph
     base = base.replace(controls=controls)
     if photo is not None:  # without one (the bare install check) the photo's tokens stay random
       base = base.replace(ip=ip(photo), uncond_ip=jnp.broadcast_to(conditioner.uncond_ip_tokens(), base.ip.shape))
-    return base, base.replace(ip=ip(frontal))
+    return base, base.replace(ip=ip(source))
   make = lambda image: conditioner.make_cond(
       v, sd.prompt, sd.negative_prompt, controls=controls, control_scales=tuple(sd.controlnet_scales),
       guidance_scale=sd.guidance_scale, photo=image, ip_scale=sd.ip_adapter_scale)
-  return make(photo), make(frontal)
+  return make(photo), make(source)
 
 
 def identity_report(photo: np.ndarray, views: np.ndarray, cameras, frontal: int, max_yaw_deg: float = 30.0) -> dict:
@@ -173,6 +215,8 @@ def check_inputs(config, reference=None) -> np.ndarray | None:
   from splatshot_jax.jobs import preflight  # pylint: disable=import-outside-toplevel  (preflight imports us)
 
   errors.raise_if_problems(preflight.check_splatshot(config, reference=reference), "cannot start the splatshot job")
+  if (notice := preflight.resolution_notice(config)):
+    print(f"note: {notice}")
   if config.weights == RANDOM_TINY and not config.photo:
     return None
   return load_photo(config.photo)
@@ -187,7 +231,7 @@ class Session:
     candidates: the unpadded templates of config.template (`load_template_candidates`).
     scene: guidance.Scene3D (render + refit), a static argument of the jitted step.
     sampler_cfg: sampler.SamplerConfig.
-    schedule: the prior's DDIM schedule (None: the sampler's default).
+    schedule: the run's DDIM schedule (`sampler.resolve_schedule`: the official one, or the prior's checkpoint's).
     mesh: the jax.sharding.Mesh the views are split over (None: one device).
   """
 
@@ -198,13 +242,6 @@ class Session:
   sampler_cfg: object
   schedule: object
   mesh: object = None
-
-
-@functools.lru_cache(maxsize=None)
-def _scene(fit_cfg, background: tuple, backend: str) -> guidance.Scene3D:
-  # One per (refit settings, background, compositor) in a process: the jitted step is keyed on the scene, so
-  # sessions share its compilations.
-  return guidance.gaussian_scene(fit_cfg, background=background, render_kwargs=(("backend", backend),))
 
 
 def _mesh(config):
@@ -228,13 +265,12 @@ def load_session(config, *, progress: bool = True) -> Session:
   candidates = load_template_candidates(config)
   prior, conditioner = load_prior(config)
   cfg = dataclasses.replace(sampler.sampler_config(config), progress=progress)
-  # The refit's settings are config.refit (a fit.FitConfig; its num_iters comes from the step).
-  refit = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in config.refit.items()}
-  background = tuple(float(b) for b in config.refit.background)
-  refit["background"] = background
-  scene = _scene(fit_lib.FitConfig(**refit, mesh=mesh), background, config.refit.get("backend", "auto"))
+  # The refit's settings are config.refit (fit.FitConfig fields + alpha_max; its num_iters comes from the step).
+  scene = guidance.refit_scene(config.refit.to_dict() if hasattr(config.refit, "to_dict") else config.refit,
+                               mesh=mesh)
   return Session(prior=sharding.shard_prior(prior, mesh), conditioner=conditioner, candidates=candidates,
-                 scene=scene, sampler_cfg=cfg, schedule=getattr(prior, "schedule", None), mesh=mesh)
+                 scene=scene, sampler_cfg=cfg, schedule=sampler.resolve_schedule(cfg, getattr(prior, "schedule", None)),
+                 mesh=mesh)
 
 
 def run_photo(session: Session, config, photo: np.ndarray | None, out_dir, *, log=print) -> dict:
@@ -247,6 +283,8 @@ def run_photo(session: Session, config, photo: np.ndarray | None, out_dir, *, lo
     sharding.check_divisible(num_views, session.mesh, f"template {template.name}")
   except ValueError as e:
     raise errors.UserInputError([errors.Problem("config.mesh.views", str(e))], "cannot split the views") from e
+  if session.sampler_cfg.guidance.sdi:
+    sdi_source_view(config, template)  # a bad index is the user's error, before any model runs
   cond_photo, cond_template = make_conditions(config, session.prior, session.conditioner, template, photo)
   cond_photo, cond_template = sharding.put_views(cond_photo, session.mesh), sharding.put_views(cond_template,
                                                                                                session.mesh)

@@ -31,6 +31,11 @@ from splatshot_jax.jobs import inputs
 
 # Config values the code accepts, by field (enums).
 SAMPLER_STARTS = ("official", "diffusers")
+SAMPLER_SCHEDULES = ("official", "checkpoint")  # diffusion/ddim.SCHEDULES
+FEEDBACK_LOSSES = ("l1", "l1_ssim")  # guidance.FEEDBACK_LOSSES
+SSIM_PADDINGS = ("same", "valid")  # fit.SSIM_PADDINGS
+VIEW_WEIGHTINGS = ("minmax", "normalized")  # fit.VIEW_WEIGHTINGS
+SD_NATIVE_PIXELS = 512 * 512  # SD-1.x's training resolution
 DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 SYNTHETIC_RIGS = ("own", "paper48")
 BUILD_RIGS = ("own", "paper48", "auto")
@@ -724,9 +729,20 @@ def check_splatshot(config, reference=None, *, per_run: bool = True) -> list[Pro
   v.int("sampler.num_inference_steps", lo=1)
   v.number("sampler.strength", 0, 1)
   v.choice("sampler.start", SAMPLER_STARTS)
+  v.choice("sampler.schedule", SAMPLER_SCHEDULES)
   v.int("sampler.thumbnail", lo=0)
   for k in ("refit_iters_first", "refit_iters", "self_recurrence"):
     v.int(f"guidance.{k}", lo=1)
+  v.choice("guidance.feedback_loss", FEEDBACK_LOSSES)
+  v.choice("guidance.ssim_padding", SSIM_PADDINGS)
+  v.boolean("guidance.carry_adam")
+  v.int("guidance.sdi_source_view", lo=0)
+  v.choice("refit.view_weighting", VIEW_WEIGHTINGS)
+  v.choice("refit.ssim_padding", SSIM_PADDINGS)
+  v.custom("refit.alpha_max", lambda x: not isinstance(x, bool) and isinstance(x, (int, float)) and 0 < x < 1,
+           "a number in (0, 1) (official gsplat 0.999, 3DGS 0.99)")
+  v.boolean("official_quirks")
+  v.boolean("drop_invalid_views")
   v.number("guidance.guidance_weight", lo=0)
   v.number("guidance.sdi_omega")
   v.number("guidance.confidence_temperature", lo=0, open_lo=True)
@@ -779,6 +795,37 @@ def check_splatshot(config, reference=None, *, per_run: bool = True) -> list[Pro
     problems += check_out_dir(config.out_dir, bool(config.get("overwrite", False)))
     problems += check_disk_space(config)
   return problems
+
+
+def run_resolution(config) -> tuple[int, int] | None:
+  """(width, height) of the views a splatshot run will sample (the first template's padded size; the synthetic
+  head's), or None when the template cannot tell (its meta.json lacks the size)."""
+  if config.template == "synthetic":
+    size = -(-int(config.synthetic.size) // 16) * 16
+    return size, size
+  folders = inputs.template_folders(config)
+  try:
+    meta = json.loads((Path(folders[0]) / "meta.json").read_text())
+    return int(meta["padded_width"]), int(meta["padded_height"])
+  except (IndexError, OSError, KeyError, TypeError, ValueError):
+    return None
+
+
+def resolution_notice(config, *, lo: float = 0.5, hi: float = 2.0) -> str | None:
+  """One line for a user whose run is far from SD's native size (pixel count outside [lo, hi] x 512x512):
+  "you are about to run at resolution WxH ..." (SD-1.x makes poor faces far below it, and the feedback gradient
+  per latent grows as the pixel count shrinks). None when the size is near native or unknown."""
+  wh = run_resolution(config)
+  if wh is None or config.weights == inputs.RANDOM_TINY:
+    return None
+  ratio = wh[0] * wh[1] / SD_NATIVE_PIXELS
+  if lo <= ratio <= hi:
+    return None
+  return (f"you are about to run at resolution {wh[0]}x{wh[1]} ({wh[0] * wh[1] / 1e6:.2f} MP; SD's native is "
+          f"~512x512 = 0.26 MP, the official run 560x816): " + (
+              "SD-1.5 makes poor faces this small and the same guidance_weight acts more strongly per latent; "
+              "build the template at scale 1.0 (configs/build_template.py)" if ratio < lo else
+              "far above SD's training size; expect repeated features and long runs"))
 
 
 def check_batch(config, reference=None) -> list[Problem]:

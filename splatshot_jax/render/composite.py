@@ -8,7 +8,8 @@ the same number of chunks) and each tile's list is read `chunk` entries at a tim
 in-chunk transmittance products done as a triangular matmul on log(1 − α).
 
 3DGS rules (Kerbl et al. 2023, gsplat):
-  α = min(0.99, o·exp(−½ dᵀ conic d)), d = pixel centre − mean;
+  α = min(α_max, o·exp(−½ dᵀ conic d)), d = pixel centre − mean (α_max = cfg.alpha_max: 3DGS 0.99,
+  gsplat and the official SplatShot refit 0.999);
   skip when α < 1/255 or the exponent is positive;
   stop before the Gaussian whose inclusion would make T < 1e-4 (it and all later ones are dropped);
   C = Σ fᵢ αᵢ Tᵢ, returned together with T_final (the caller adds T_final·background).
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 from splatshot_jax.render.project import ALPHA_MIN
 from splatshot_jax.render.tiles import TileLists, tile_grid
 
-ALPHA_MAX = 0.99  # 3DGS clamp; keeps 1 − α invertible for the backward walk.
+ALPHA_MAX = 0.99  # default clamp (3DGS); keeps 1 − α invertible for the backward walk. gsplat: 0.999.
 T_MIN = 1e-4  # early-stop transmittance.
 
 
@@ -41,6 +42,7 @@ class CompositeConfig(NamedTuple):
   tile_size: int = 16
   chunk: int = 32  # list entries per vectorised step
   tiles_per_step: int = 8  # tiles composited side by side per step
+  alpha_max: float = ALPHA_MAX  # α clamp (3DGS 0.99; gsplat, hence the official SplatShot refit, 0.999)
 
 
 def _tile_pixels(cfg: CompositeConfig, dtype) -> jax.Array:
@@ -148,7 +150,7 @@ def _forward(cfg, gauss_ids, tile_start, tile_count, means2d, conics, opacities,
       k, T, acc, done, stop_pos = s
       _, e = _gather_chunk(k, start, count, gauss_ids, means2d, conics, opacities, features, K)
       _, _, power, raw = _entry_alpha(pix, e.mu, e.con, e.op)
-      alpha = jnp.minimum(ALPHA_MAX, raw)
+      alpha = jnp.minimum(cfg.alpha_max, raw)
       ok = e.valid[:, None, :] & (power <= 0) & (alpha >= ALPHA_MIN)
       a = jnp.where(ok, alpha, 0)
       L = jnp.log1p(-a)
@@ -227,7 +229,7 @@ def _composite_bwd(cfg, res, cts):
       k, T, gS, grads = s
       pos, e = _gather_chunk(k, start, count, gauss_ids, means2d, conics, opacities, features, K)
       dx, dy, power, raw = _entry_alpha(pix, e.mu, e.con, e.op)
-      alpha = jnp.minimum(ALPHA_MAX, raw)
+      alpha = jnp.minimum(cfg.alpha_max, raw)
       ok = (e.valid[:, None, :] & (pos[None, None, :] < stop_p[..., None]) & (power <= 0)
             & (alpha >= ALPHA_MIN))
       a = jnp.where(ok, alpha, 0)
@@ -239,7 +241,7 @@ def _composite_bwd(cfg, res, cts):
       gS_k = gS[..., None] + wgc @ tri_strict_lower  # ⟨∂L/∂C, Σ_{j>k} fⱼαⱼTⱼ⟩
       dA = jnp.where(ok, gc * T_k - (gS_k + g_T_term[..., None]) / (1 - a), 0)
       d_feat = jnp.einsum("bpk,bpc->bkc", w, g_feat)
-      unclamped = raw < ALPHA_MAX  # min() passes no gradient to the clamped branch
+      unclamped = raw < cfg.alpha_max  # min() passes no gradient to the clamped branch
       d_op = jnp.sum(jnp.where(unclamped, dA * jnp.exp(power), 0), 1)
       d_pow = jnp.where(unclamped, dA * alpha, 0)
       ca, cb, cc = e.con[:, None, :, 0], e.con[:, None, :, 1], e.con[:, None, :, 2]

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from splatshot_jax.device import platform
-from splatshot_jax.render.composite import (ALPHA_MAX, T_MIN, CompositeConfig, _group_tiles,
+from splatshot_jax.render.composite import (T_MIN, CompositeConfig, _group_tiles,
                                             image_to_tiles, tiles_to_image)
 from splatshot_jax.render.project import ALPHA_MIN
 from splatshot_jax.render.tiles import TileLists, tile_grid
@@ -104,7 +104,7 @@ def _constexprs(cfg: CompositeConfig, channels: int) -> dict:
   tiles_x, tiles_y = tile_grid(cfg.width, cfg.height, cfg.tile_size)
   return dict(C=channels, CP=max(2, 1 << (channels - 1).bit_length()), TS=cfg.tile_size,
               TILES_X=tiles_x, NPIX=tiles_x * tiles_y * cfg.tile_size**2, WIDTH=cfg.width, HEIGHT=cfg.height, ALPHA_MIN=ALPHA_MIN,
-              ALPHA_MAX=ALPHA_MAX, T_MIN=T_MIN)
+              ALPHA_MAX=cfg.alpha_max, T_MIN=T_MIN)
 
 
 # Tile edge the Triton backend uses when `render` is given none: 8×8 tiles, one warp each. Every

@@ -26,6 +26,7 @@ def render_dense(
     render_rgb: bool = True,
     near_plane: float = 0.01,
     eps2d: float = 0.3,
+    alpha_max: float = ALPHA_MAX,
 ) -> dict[str, jax.Array | None]:
   """Reference render of one camera.
 
@@ -53,7 +54,7 @@ def render_dense(
   py = (i.reshape(-1) + 0.5).astype(dtype)[:, None]
   dx, dy = px - mu[None, :, 0], py - mu[None, :, 1]  # (HW, N)
   power = -0.5 * (con[None, :, 0] * dx * dx + con[None, :, 2] * dy * dy) - con[None, :, 1] * dx * dy
-  alpha = jnp.minimum(ALPHA_MAX, op[None] * jnp.exp(power))
+  alpha = jnp.minimum(alpha_max, op[None] * jnp.exp(power))
   ok = valid[None] & (power <= 0) & (alpha >= ALPHA_MIN)
   a = jnp.where(ok, alpha, 0)
   # Stop before the Gaussian that would take T below T_MIN: T_incl is monotone, so the

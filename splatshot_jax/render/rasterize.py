@@ -12,7 +12,7 @@ from flax import struct
 from splatshot_jax.cameras import Camera
 from splatshot_jax.device import platform
 from splatshot_jax.gaussians import Gaussians
-from splatshot_jax.render.composite import CompositeConfig, composite
+from splatshot_jax.render.composite import ALPHA_MAX, CompositeConfig, composite
 from splatshot_jax.render.composite_triton import TRITON_TILE_SIZE, composite_triton, resolve_backend
 from splatshot_jax.render.project import project_gaussians, sh_colors
 from splatshot_jax.render.tiles import Overflow, bin_gaussians, tile_grid
@@ -64,7 +64,7 @@ def default_pair_budget(num_gaussians: int, width: int, height: int, tile_size: 
 @functools.partial(
     jax.jit,
     static_argnames=("render_rgb", "tile_size", "tile_capacity", "pair_budget", "near_plane",
-                     "eps2d", "chunk", "tiles_per_step", "backend"))
+                     "eps2d", "chunk", "tiles_per_step", "backend", "alpha_max"))
 def render(
     gaussians: Gaussians,
     camera: Camera,
@@ -81,6 +81,7 @@ def render(
     chunk: int = 32,
     tiles_per_step: int = 8,
     backend: str = "auto",
+    alpha_max: float = ALPHA_MAX,
 ) -> RenderOutput:
   """Differentiable tile rasterization of N Gaussians into one camera.
 
@@ -105,6 +106,8 @@ def render(
       through jax_triton on a CUDA GPU; float32, power-of-two tile_size), "triton_interpret" (the
       same kernels in Triton's CPU interpreter, for tests: slow) or "auto" (triton on a CUDA GPU
       when jax_triton imports and the Gaussians are float32, xla otherwise).
+    alpha_max: static α clamp, α = min(alpha_max, o·exp(power)) (3DGS 0.99; gsplat and the official
+      SplatShot refit 0.999).
   Returns:
     RenderOutput. Call `check_overflow(out)` on the host to make sure nothing was dropped.
   """
@@ -130,7 +133,7 @@ def render(
   feats = jnp.concatenate(channels, -1)
 
   cfg = CompositeConfig(width=camera.width, height=camera.height, tile_size=tile_size,
-                        chunk=chunk, tiles_per_step=tiles_per_step)
+                        chunk=chunk, tiles_per_step=tiles_per_step, alpha_max=alpha_max)
   if backend == "xla":
     image, T_final = composite(cfg, lists, proj.means2d, proj.conics, proj.opacities, feats)
   else:

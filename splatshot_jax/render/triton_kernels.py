@@ -17,7 +17,7 @@ Data layout (prepared in XLA by `composite_triton`):
 Signature order is (inputs..., outputs..., constexprs): `jax_triton.triton_call` appends the
 output buffers after the inputs, and the interpreter launcher passes them the same way.
 
-Rules are those of `composite.py` (3DGS): α = min(0.99, o·exp(power)), skipped when power > 0 or
+Rules are those of `composite.py` (3DGS): α = min(ALPHA_MAX, o·exp(power)), skipped when power > 0 or
 α < 1/255, and a pixel stops at the first entry whose inclusion would make T < 1e-4.
 """
 

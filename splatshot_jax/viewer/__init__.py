@@ -12,7 +12,8 @@ Embedded data, one little-endian blob in base64, planar arrays (sizes for N Gaus
   sh          (N, K, 3) float16
 so 2 * (3 + 3 + 4 + 1 + 3K) bytes per Gaussian (118 B at SH degree 3), times 4/3 for base64.
 The metadata (JSON) holds the section offsets, the cameras (OpenCV world-to-camera viewmat and K,
-as `cameras.Camera`), the orbit target and up direction, and the background.
+as `cameras.Camera`), the orbit target and up direction, the background, and `alpha_max`: the rasterizer's α
+clamp the Gaussians were fitted with (a run's config.refit.alpha_max: official 0.999), which the page draws with.
 """
 
 from __future__ import annotations
@@ -31,6 +32,21 @@ from splatshot_jax.gaussians import Gaussians
 from splatshot_jax.io.atomic import atomic_path
 
 FORMAT = "splatshot-viewer-1"
+DEFAULT_ALPHA_MAX = 0.99  # render.composite.ALPHA_MAX (the viewer may not import the renderer)
+
+
+def run_alpha_max(config) -> float:
+  """The α clamp a run's avatar was made with: config["refit"]["alpha_max"] (a ConfigDict, a dict or a run
+  folder's config.json path), DEFAULT_ALPHA_MAX when the config does not say."""
+  if isinstance(config, (str, os.PathLike)):
+    try:
+      config = json.loads(Path(config).read_text())
+    except (OSError, ValueError):
+      return DEFAULT_ALPHA_MAX
+  try:
+    return float(config["refit"]["alpha_max"])
+  except (KeyError, TypeError, ValueError):
+    return DEFAULT_ALPHA_MAX
 _SECTIONS = ("means", "log_scales", "quats", "opacities", "sh")
 
 
@@ -136,7 +152,8 @@ def _script_safe(text: str) -> str:
 
 
 def viewer_html(g: Gaussians, cameras: Camera | None = None, *, names: Sequence[str] | None = None,
-                name: str = "splats", background=(1.0, 1.0, 1.0), initial_camera: int = 0) -> str:
+                name: str = "splats", background=(1.0, 1.0, 1.0), initial_camera: int = 0,
+                alpha_max: float = DEFAULT_ALPHA_MAX) -> str:
   """The viewer page as a string (see `write_viewer`)."""
   if cameras is None:
     cameras = default_cameras(g)
@@ -155,7 +172,7 @@ def viewer_html(g: Gaussians, cameras: Camera | None = None, *, names: Sequence[
   target, up = _scene_frame(g, cameras)
   meta.update(
       format=FORMAT, name=name, width=int(cameras.width), height=int(cameras.height),
-      background=[float(c) for c in background], initial_camera=int(initial_camera),
+      background=[float(c) for c in background], initial_camera=int(initial_camera), alpha_max=float(alpha_max),
       target=target.tolist(), up=up.tolist(),
       cameras=[{"name": str(nm), "viewmat": vm.reshape(-1).tolist(), "K": k.reshape(-1).tolist()}
                for nm, vm, k in zip(names, viewmat, K)])
@@ -173,7 +190,8 @@ def _html_escape(s: str) -> str:
 
 def write_viewer(path: str | os.PathLike, gaussians: Gaussians, cameras: Camera | None = None, *,
                  names: Sequence[str] | None = None, name: str | None = None,
-                 background=(1.0, 1.0, 1.0), initial_camera: int = 0) -> Path:
+                 background=(1.0, 1.0, 1.0), initial_camera: int = 0,
+                 alpha_max: float = DEFAULT_ALPHA_MAX) -> Path:
   """Writes one self-contained viewer.html (atomically) for `gaussians`.
 
   Args:
@@ -186,16 +204,18 @@ def write_viewer(path: str | os.PathLike, gaussians: Gaussians, cameras: Camera 
     name: title of the page (default: the file's parent folder name).
     background: (3,) RGB in [0, 1] the page opens with (toggle on the page, or #bg=black).
     initial_camera: camera shown first (overridden by #camera=i in the URL).
+    alpha_max: the rasterizer's α clamp the Gaussians were made with (`run_alpha_max(config)`); the page
+      draws with it.
   Returns:
     The path written.
   """
   path = Path(path)
   page = viewer_html(gaussians, cameras, names=names, name=name or path.resolve().parent.name,
-                     background=background, initial_camera=initial_camera)
+                     background=background, initial_camera=initial_camera, alpha_max=alpha_max)
   with atomic_path(path) as tmp:
     Path(tmp).write_text(page, encoding="utf-8")
   return path
 
 
-__all__ = ["FORMAT", "encode_gaussians", "decode_gaussians", "default_cameras", "viewer_html",
+__all__ = ["FORMAT", "DEFAULT_ALPHA_MAX", "run_alpha_max", "encode_gaussians", "decode_gaussians", "default_cameras", "viewer_html",
            "write_viewer"]

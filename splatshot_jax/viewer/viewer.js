@@ -4,7 +4,8 @@
 //   EWA projection  Σ' = J W Σ Wᵀ Jᵀ + 0.3·I, J evaluated at the view-frustum-clamped mean;
 //   radius          ceil(sqrt(2 ln(255 o) λ_max)), culled when z ≤ 0.01, det ≤ 0 or o < 1/255;
 //   colour          SH (3DGS basis and signs) on dir = normalize(mean − camera centre), +0.5, ≥ 0;
-//   α               min(0.99, o·exp(−½ dᵀ conic d)) with d = pixel centre − mean, skipped if < 1/255
+//   α               min(α_max, o·exp(−½ dᵀ conic d)) with d = pixel centre − mean, skipped if < 1/255
+//                   (α_max: the page's meta.alpha_max, the clamp the avatar was made with; 0.99 when absent)
 //                   or the exponent is positive;
 //   blending        back to front over the background (equal to the renderer's front-to-back sum
 //                   C = Σ fᵢαᵢTᵢ + T_final·bg, without its T < 1e-4 early stop).
@@ -188,6 +189,7 @@ void main() {
   const FS = `#version 300 es
 precision highp float;
 uniform vec2 u_size;
+uniform float u_alphaMax;             // the rasterizer's α clamp the avatar was fitted with
 flat in vec3 v_color;
 flat in vec4 v_conic;
 flat in vec2 v_mean;
@@ -196,7 +198,7 @@ void main() {
   vec2 d = vec2(gl_FragCoord.x, u_size.y - gl_FragCoord.y) - v_mean;  // pixel centre, y down
   float power = -0.5 * (v_conic.x * d.x * d.x + v_conic.z * d.y * d.y) - v_conic.y * d.x * d.y;
   if (power > 0.0) discard;
-  float alpha = min(0.99, v_conic.w * exp(power));
+  float alpha = min(u_alphaMax, v_conic.w * exp(power));
   if (alpha < 1.0 / 255.0) discard;
   outColor = vec4(v_color * alpha, alpha);  // premultiplied; blended back to front
 }`;
@@ -291,9 +293,12 @@ void main() { outColor = vec4(clamp(texelFetch(u_accum, ivec2(gl_FragCoord.xy), 
     const prog = link(gl, VS, FS);
     gl.useProgram(prog);
     const U = {};
-    for (const name of ["u_data", "u_stride", "u_texw", "u_degree", "u_R0", "u_R1", "u_R2", "u_t", "u_K", "u_size", "u_center"]) {
+    for (const name of ["u_data", "u_stride", "u_texw", "u_degree", "u_R0", "u_R1", "u_R2", "u_t", "u_K", "u_size", "u_center", "u_alphaMax"]) {
       U[name] = gl.getUniformLocation(prog, name);
     }
+    const alphaMax = typeof meta.alpha_max === "number" ? meta.alpha_max : 0.99;
+    gl.uniform1f(U.u_alphaMax, alphaMax);
+    body.dataset.alphaMax = String(alphaMax);
     gl.activeTexture(gl.TEXTURE0);
     gl.bindTexture(gl.TEXTURE_2D, gl.createTexture());
     gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, gl.NEAREST);
