@@ -183,6 +183,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, upcast: bool
   b, lq, d = q.shape
   dh = d // heads
   out_dtype = q.dtype
+  # XLA's CPU backend has no float16 matmul with float32 accumulation (what XLA attention asks for in fp16), so a
+  # float16 run on a CPU attends in float32: more precise than the GPU path, never less.
+  upcast = upcast or (q.dtype == jnp.float16 and platform.current() == "cpu")
   if upcast:
     q, k, v = (a.astype(jnp.float32) for a in (q, k, v))
   split = lambda a: a.reshape(a.shape[0], a.shape[1], heads, dh)
