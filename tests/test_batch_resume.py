@@ -1,9 +1,10 @@
 """Which photo folders a batch rerun counts as finished (fast: the per-photo run is a stub).
 
-Only a folder whose RUN.json says "complete" (written last by `io.atomic.run_folder`) is finished. A photo folder
-that exists but is not a finished run (copied by hand, left by an older version without RUN.json, a RUN.json that
-says running / failed / interrupted, or one that is unreadable) is redone, and so is a photo with only a
-`.failed` folder; the summary table says the same. The full pipeline's resume is tests/test_batch.py.
+Only a folder whose RUN.json says "complete" (written last by `io.atomic.run_folder`) is finished. A run folder of
+this project that is not finished (RUN.json says running / failed / interrupted) is redone, and so is a photo with
+only a `.failed` folder. A folder of files that is not a run folder of this project (no RUN.json, or one that is
+unreadable or not a run's) is never replaced (issue 21: a run replaces only what it wrote): that photo fails with
+the reason and its files stay. The summary table says the same. The full pipeline's resume is tests/test_batch.py.
 """
 
 import json
@@ -29,6 +30,8 @@ FOLDERS = {
     "h_only_failed_dir": None,
     "i_absent": None,
 }
+# folders of files that are not run folders of this project: a run never replaces them
+REFUSED = {"b_no_marker", "f_unreadable", "g_list"}
 
 
 @pytest.fixture
@@ -53,8 +56,8 @@ def test_only_complete_run_folders_are_skipped(tmp_path, stubbed_pipeline):
   for stem, content in FOLDERS.items():
     image_io.save_image(photos / f"{stem}.png", np.full((16, 16, 3), 0.5, np.float32))
     if stem == "h_only_failed_dir":
-      atomic.failed_dir(out / stem).mkdir()
-      (atomic.failed_dir(out / stem) / batch.FAILURE).write_text(json.dumps({"type": "X", "error": "old"}))
+      failed = atomic.record_failure(out / stem, job="splatshot", error="X: old")  # as a batch records one
+      (failed / batch.FAILURE).write_text(json.dumps({"type": "X", "error": "old"}))
     if content is None:
       continue
     folder = out / stem
@@ -70,18 +73,26 @@ def test_only_complete_run_folders_are_skipped(tmp_path, stubbed_pipeline):
                   for s in FOLDERS}
 
   result = batch.run_batch(config, progress=False)
-  redo = sorted(s for s in FOLDERS if s != "a_complete")
+  refused = sorted(REFUSED)
+  redo = sorted(s for s in FOLDERS if s != "a_complete" and s not in REFUSED)
   assert [p.stem for p in result.skipped] == ["a_complete"]
   assert sorted(p.stem for p in result.finished) == redo
   assert sorted(stubbed_pipeline) == redo
-  assert result.failed == {}
+  assert sorted(Path(p).stem for p in result.failed) == refused
+  for stem in refused:  # never replaced: the user's files stay, the reason is recorded
+    assert "not a run folder of this project" in str(result.failed[next(p for p in result.failed
+                                                                         if Path(p).stem == stem)]), stem
+    assert (out / stem / "avatar.ply").read_bytes() == b"old", stem
+    assert not atomic.is_finished(out / stem), stem
   assert (out / "a_complete" / "avatar.ply").read_bytes() == b"old"  # not redone
   for stem in redo:
     assert atomic.is_finished(out / stem), stem
-    assert (out / stem / "avatar.ply").read_bytes() == b"new", stem  # the old contents were replaced
+    assert (out / stem / "avatar.ply").read_bytes() == b"new", stem  # the old run's contents were replaced
     assert not atomic.failed_dir(out / stem).exists(), stem
 
-  # A second rerun has nothing left to do.
+  # A second rerun has nothing left to do but the refused folders, which it refuses again.
   stubbed_pipeline.clear()
   again = batch.run_batch(config, progress=False)
-  assert sorted(p.stem for p in again.skipped) == sorted(FOLDERS) and again.finished == [] and not stubbed_pipeline
+  assert sorted(p.stem for p in again.skipped) == sorted(set(FOLDERS) - REFUSED)
+  assert again.finished == [] and not stubbed_pipeline
+  assert sorted(Path(p).stem for p in again.failed) == refused
