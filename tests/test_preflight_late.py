@@ -19,7 +19,8 @@ from splatshot_jax.jobs import preflight
 from test_preflight import _safetensors, _template, _weights
 
 ROOT = Path(__file__).resolve().parents[1]
-UNET = "stable-diffusion-v1-5/unet"
+BASE = splatshot_sd15.get_config().sd.base  # the base pipeline folder the default config names
+UNET = f"{BASE}/unet"
 TO_K = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
 
 
@@ -54,9 +55,9 @@ def test_a_well_formed_sd15_layout_passes(tmp_path):
   w = Path(config.weights)
   _module(w / UNET, *_sd15_unet())
   _module(w / "control_v11p_sd15_openpose", *_sd15_unet())
-  shutil.rmtree(w / "stable-diffusion-v1-5/tokenizer")  # what transformers saves now: tokenizer.json only
-  (w / "stable-diffusion-v1-5/tokenizer").mkdir()
-  (w / "stable-diffusion-v1-5/tokenizer/tokenizer.json").write_text(json.dumps(
+  shutil.rmtree(w / BASE / "tokenizer")  # what transformers saves now: tokenizer.json only
+  (w / BASE / "tokenizer").mkdir()
+  (w / BASE / "tokenizer/tokenizer.json").write_text(json.dumps(
       {"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}))
   assert _problems(config) == ""
 
