@@ -147,9 +147,6 @@ def split_params(g: Gaussians) -> dict[str, jax.Array]:
   }
 
 
-_split_params = split_params  # the name tests/test_refit_batching.py uses
-
-
 def _join_params(p: dict[str, jax.Array]) -> Gaussians:
   return Gaussians(
       means=p["means"],
@@ -344,9 +341,6 @@ def _fit_iteration(gaussians, cameras, images, cfg, view_weights, opt_state):
     view_weights = jnp.ones((num_views,), jnp.float32)
   if cfg.ssim_padding not in SSIM_PADDINGS:
     raise ValueError(f"FitConfig.ssim_padding={cfg.ssim_padding!r}; expected one of {SSIM_PADDINGS}")
-  if cfg.ssim_padding == "valid" and min(images.shape[1:3]) < 11:
-    raise ValueError(f"FitConfig.ssim_padding='valid' needs views of at least 11x11 px (the SSIM window), got "
-                     f"{images.shape[2]}x{images.shape[1]}; use 'same'")
   probs, loss_scale = view_weighting(view_weights, cfg.view_weighting)
   optimizer = make_optimizer(cfg)
   params = split_params(gaussians)

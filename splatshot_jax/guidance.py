@@ -176,9 +176,6 @@ def default_photometric_loss(pred: jax.Array, target: jax.Array, lambda_dssim: f
   """
   if feedback_loss not in FEEDBACK_LOSSES:
     raise ValueError(f"GuidanceConfig.feedback_loss={feedback_loss!r}; expected one of {FEEDBACK_LOSSES}")
-  if padding == "valid" and min(pred.shape[-3:-1]) < 11:  # static shapes: raised at trace time
-    raise ValueError(f"GuidanceConfig.ssim_padding='valid' needs views of at least 11x11 px (the SSIM window), got "
-                     f"{pred.shape[-2]}x{pred.shape[-3]}; use 'same'")
   l1 = metrics.l1(pred, target)
   ssim = metrics.ssim(pred, target, padding=padding)
   if feedback_loss == "l1":

@@ -58,6 +58,10 @@ def ssim_map(a: jax.Array, b: jax.Array, *, max_val: float = 1.0, window_size: i
     raise ValueError(f"ssim: padding must be 'same' or 'valid', got {padding!r}")
   if a.shape != b.shape:
     raise ValueError(f"ssim: image shapes differ: {a.shape} vs {b.shape}")
+  if padding == "valid" and min(a.shape[-3:-1]) < window_size:  # static shapes: raised at trace time, not a NaN
+    raise ValueError(f"ssim: padding='valid' needs images of at least {window_size}x{window_size} px (the window), "
+                     f"got {a.shape[-2]}x{a.shape[-3]}; use ssim_padding='same' (GuidanceConfig, FitConfig) for "
+                     "smaller views")
   x, lead = _batch(a)
   y, _ = _batch(b)
   w = gaussian_window(window_size, sigma)

@@ -51,7 +51,7 @@ def test_one_view_per_iteration_is_the_plain_loop(scene):
   got = fit_lib.fit(scene.g0, scene.cameras, scene.images, cfg, view_weights=w, rng=rng)
 
   opt = fit_lib.make_optimizer(cfg)
-  params = fit_lib._split_params(scene.g0)
+  params = fit_lib.split_params(scene.g0)
   state = opt.init(params)
   losses = []
   for i, key in enumerate(jax.random.split(rng, cfg.num_iters)):  # eager: the reference is slow, keep it short
@@ -77,7 +77,7 @@ def test_batched_iteration_gradient_is_the_sum_of_view_gradients(scene):
   scale = np.asarray(w / w.max())
   cfg = fit_lib.FitConfig(num_iters=1, views_per_iter=V)
   res = fit_lib.fit(scene.g0, scene.cameras, scene.images, cfg, view_weights=w, rng=jax.random.PRNGKey(3))
-  params = fit_lib._split_params(scene.g0)
+  params = fit_lib.split_params(scene.g0)
   single = [jax.grad(lambda p, v=v: fit_lib.view_loss(fit_lib._join_params(p), scene.cameras[v],
                                                       scene.images[v], cfg)[0])(params) for v in range(V)]
   expected_loss = sum(float(fit_lib.view_loss(scene.g0, scene.cameras[v], scene.images[v], cfg)[0]) * scale[v]
@@ -114,7 +114,7 @@ def test_lr_batch_scaling_multiplies_every_group(scene, rule, factor):
   "sqrt" rule) wherever the gradient is not ~0."""
   cfg = fit_lib.FitConfig(num_iters=1, views_per_iter=4, lr_batch_scaling=rule, scene_scale=2.0)
   res = fit_lib.fit(scene.g0, scene.cameras, scene.images, cfg, rng=jax.random.PRNGKey(0))
-  before, after = fit_lib._split_params(scene.g0), fit_lib._split_params(res.gaussians)
+  before, after = fit_lib.split_params(scene.g0), fit_lib.split_params(res.gaussians)
   lrs = {"means": cfg.lr_means * 2.0, "scales": cfg.lr_scales, "quats": cfg.lr_quats,
          "opacities": cfg.lr_opacities, "sh0": cfg.lr_sh0, "shN": cfg.lr_shN}
   for name, lr in lrs.items():
