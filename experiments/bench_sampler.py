@@ -77,9 +77,13 @@ def abstract_step_inputs(p: dict, view_chunk: int, decode_chunk: int) -> types.S
   cams = synthetic.head_rig(p["views"], width=p["width"], height=p["height"])
   factor = prior.spec.vae_factor
   zs = jax.ShapeDtypeStruct((p["views"], p["height"] // factor, p["width"] // factor, 4), jnp.float32)
-  state = guidance.SplatShotState(z=zs, eps_gt=zs, model=abstract(g), rng=jax.eval_shape(lambda: jax.random.key(0)))
+  scene = guidance.gaussian_scene()
+  # The official run carries the refit's Adam state across steps (GuidanceConfig.carry_adam): part of the state.
+  state = guidance.SplatShotState(z=zs, eps_gt=zs, model=abstract(g), rng=jax.eval_shape(lambda: jax.random.key(0)),
+                                  refit_state=jax.eval_shape(scene.init_refit_state, g),
+                                  refit_iter=jax.ShapeDtypeStruct((), jnp.int32))
   return types.SimpleNamespace(
-      state=state, prior=prior, cameras=abstract(cams), cond=cond, scene=guidance.gaussian_scene(),
+      state=state, prior=prior, cameras=abstract(cams), cond=cond, scene=scene,
       schedule=abstract(ddim.make_schedule(25)), cfg=guidance.GuidanceConfig(),
       images=jax.ShapeDtypeStruct((p["views"], p["height"], p["width"], 3), jnp.float32))
 

@@ -45,10 +45,11 @@ def test_compiling_for_sets_the_choices_and_restores():
     assert platform.use_cudnn_attention(jnp.float16, 80)
     assert not platform.use_cudnn_attention(jnp.float32, 40)  # cuDNN's kernel: half precision only
     assert not platform.use_cudnn_attention(jnp.bfloat16, 160)  # head size > 128
-    assert platform.sequential_views()
+    assert platform.sequential_views() and platform.view_batch() == 1
   with platform.compiling_for("tpu"):
     assert not platform.use_cudnn_attention(jnp.bfloat16, 40)
-    assert not platform.sequential_views()
+    assert not platform.sequential_views() and platform.view_batch() == platform.VIEW_BATCH["tpu"] > 1
+  assert platform.view_batch() is None  # CPU host: every view at once
   assert platform.current() == host
   assert not platform.use_cudnn_attention(jnp.bfloat16, 40)
 
@@ -72,6 +73,22 @@ def test_render_views_maps_views_when_compiling_for_a_gpu():
     assert "scan" in top()  # GPU target: lax.map over the views
     assert resolve_backend("auto", jnp.float32) in ("triton", "xla")  # triton only where jax_triton imports
   assert isinstance(cams, cam_lib.Camera)
+
+
+def test_render_views_in_view_batches_on_a_tpu_equals_all_views_at_once(monkeypatch):
+  """TPU target: lax.map over batches of views (a remainder batch too) renders what the vmap of all views does."""
+  rng = np.random.default_rng()
+  g, _ = synthetic.head_gaussians(80, sh_degree=1, seed=int(rng.integers(1 << 30)))
+  cams = synthetic.head_rig(8, width=16, height=16)
+  fn = lambda gg, cc: rasterize.render_views(gg, cc, backend="xla").rgb
+  whole = jax.jit(fn)(g, cams)
+  monkeypatch.setitem(platform.VIEW_BATCH, "tpu", 3)  # 8 views: batches of 3, 3 and the remainder 2
+  with platform.compiling_for("tpu"):
+    jaxpr = jax.make_jaxpr(fn)(g, cams)
+    batched = jax.jit(fn)(g, cams)
+  assert "scan" in {eq.primitive.name for eq in jaxpr.jaxpr.eqns}
+  assert float(jnp.max(jnp.abs(whole))) > 0.05  # the views are not empty
+  np.testing.assert_allclose(np.asarray(batched), np.asarray(whole), atol=1e-5, rtol=1e-5)
 
 
 def _reference_attention(q, k, v):

@@ -4,6 +4,7 @@
   with platform.compiling_for(mesh):       # lower for the mesh's devices (e.g. an H100 topology on a CPU host)
     jax.jit(step).lower(*abstract_args).compile()
   platform.use_cudnn_attention(dtype, head_dim)   # the choices the call sites ask, from current()
+  platform.view_batch()                            # views the rasterizer vmaps together (GPU 1, TPU 8, CPU all)
 
 Why: `jax.default_backend()` is the host's platform. A program lowered on a CPU host for an H100 or a TPU
 (`experiments.aot_check`, deviceless ahead-of-time compilation) would otherwise take the CPU branches: XLA
@@ -80,7 +81,21 @@ def use_cudnn_attention(dtype, head_dim: int, platform: str | None = None) -> bo
           and head_dim % 8 == 0 and head_dim <= 128)
 
 
+# Views rasterized together (vmapped) per step of the loop over views, by platform; None: all V at once.
+# TPU: vmapping all 48 views of 560x816 at 300k Gaussians needs ~28 GB of temporaries (XLA's figure for a v5e,
+# issue 19), 8 at a time ~1/6 of it while the batch still fills the chip. GPU: one view at a time (see below).
+VIEW_BATCH = {"cpu": None, "gpu": 1, "tpu": 8}
+
+
+def view_batch(platform: str | None = None) -> int | None:
+  """How many views the rasterizer vmaps together on the target platform (None: all of them).
+
+  GPU: 1, a lax.map over views: a vmapped sort is a batched sort, which XLA does not send to CUB's radix
+  sort, and per-view buffers stay one view's. TPU: `VIEW_BATCH["tpu"]` views per lax.map step. CPU: all views.
+  """
+  return VIEW_BATCH[platform or current()]
+
+
 def sequential_views(platform: str | None = None) -> bool:
-  """Render views one after another (lax.map) rather than vmapped: on a GPU a vmapped sort is a batched sort,
-  which XLA does not send to CUB's radix sort, and per-view buffers stay one view's."""
-  return (platform or current()) == "gpu"
+  """Whether views are rendered strictly one after another (GPU)."""
+  return view_batch(platform) == 1

@@ -155,18 +155,21 @@ def render(
 def render_views(gaussians: Gaussians, cameras: Camera, **kwargs) -> RenderOutput:
   """`render` over V cameras (viewmat (V, 4, 4), K (V, 3, 3)); same keyword arguments.
 
-  vmapped on CPU/TPU with the XLA compositor, one view after another (lax.map) otherwise (the platform is the
-  one the program is compiled for, `device.platform.current()`).
+  With the XLA compositor: all views vmapped on a CPU, `platform.view_batch()` views per step of a lax.map
+  elsewhere (GPU one, TPU 8); the platform is the one the program is compiled for (`device.platform.current()`).
+  The Triton compositor: one view per step (its launches have no batching rule).
 
   Returns a RenderOutput with a leading V axis on every array (rgb (V, H, W, 3), ...).
   """
   one = lambda cam: render(gaussians, cam, **kwargs)
   backend = resolve_backend(kwargs.get("backend", "auto"), gaussians.means.dtype)
-  if backend != "xla" or platform.sequential_views():
-    # Views one after another: the Triton launches have no batching rule, and on a GPU a vmapped
-    # sort is a batched sort, which XLA does not send to CUB's radix sort.
-    return jax.lax.map(one, cameras)
-  return jax.vmap(one)(cameras)
+  batch = 1 if backend != "xla" else platform.view_batch()
+  num_views = cameras.viewmat.shape[0]
+  if batch is None or (batch > 1 and batch >= num_views):  # one batch: a plain vmap
+    return jax.vmap(one)(cameras)
+  # Per-view buffers (projections, pair lists, the per-pixel composite) then exist for `batch` views at a time,
+  # not V; on a GPU (batch 1) the sort is also a plain sort, which XLA sends to CUB's radix sort.
+  return jax.lax.map(one, cameras, batch_size=None if batch == 1 else batch)
 
 
 def check_overflow(out: RenderOutput) -> None:
