@@ -197,6 +197,10 @@ def main(argv=None):
     else:
       print(f"| {r['view_chunk']}x{r['decode_chunk']} | {r['part']} | {r['peak'] / 2**30:.2f} | "
             f"{r['temporaries'] / 2**30:.2f} |")
+  if any("error" in r or r["peak"] > target.memory_bytes for r in results):
+    print(f"\nSomething does not fit {target.name}. Levers that change no result: a smaller decode_chunk (the "
+          "decode-VJP's full-resolution activations scale with it; a v5e needs 2 at paper settings), a smaller "
+          "view_chunk (eps), e.g. --chunks=8x2,4x2; in a run: --config.sd.decode_chunk / --config.sd.view_chunk.")
   return results
 
 
