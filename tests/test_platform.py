@@ -45,10 +45,10 @@ def test_compiling_for_sets_the_choices_and_restores():
     assert platform.use_cudnn_attention(jnp.float16, 80)
     assert not platform.use_cudnn_attention(jnp.float32, 40)  # cuDNN's kernel: half precision only
     assert not platform.use_cudnn_attention(jnp.bfloat16, 160)  # head size > 128
-    assert platform.sequential_views() and platform.view_batch() == 1
+    assert platform.view_batch() == 1
   with platform.compiling_for("tpu"):
     assert not platform.use_cudnn_attention(jnp.bfloat16, 40)
-    assert not platform.sequential_views() and platform.view_batch() == platform.VIEW_BATCH["tpu"] > 1
+    assert platform.view_batch() == platform.VIEW_BATCH["tpu"] > 1
   assert platform.view_batch() is None  # CPU host: every view at once
   assert platform.current() == host
   assert not platform.use_cudnn_attention(jnp.bfloat16, 40)

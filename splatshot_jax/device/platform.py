@@ -95,7 +95,3 @@ def view_batch(platform: str | None = None) -> int | None:
   """
   return VIEW_BATCH[platform or current()]
 
-
-def sequential_views(platform: str | None = None) -> bool:
-  """Whether views are rendered strictly one after another (GPU)."""
-  return view_batch(platform) == 1
